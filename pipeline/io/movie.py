@@ -1,0 +1,665 @@
+"""The movie store: OME-Zarr (NGFF 0.5, Zarr v3) images of one run.
+
+Layout of ``movie.ome.zarr`` (and of the label stores, which share it)::
+
+    movie.ome.zarr/
+      zarr.json           group; attributes "ome" (multiscales, axes, scale)
+                          and "trackflow" (acquisition metadata)
+      0/                  the image: (t, y, x) or (t, z, y, x); one frame per
+                          chunk, shards of ``frames_per_shard`` frames along t,
+                          Blosc-LZ4 bit-shuffle
+      timestamps/         float64 per frame (NaN where a frame never arrived)
+
+Frame ``i`` of the array is sequence number ``first_seq + i``: a frame that
+never arrived is left unwritten (it reads as zeros) and is listed in
+``dropped``, so the time axis stays physical and downstream stages can skip it.
+
+The writer assembles whole shards itself instead of going through zarr's
+read-modify-write path: frames are compressed by a thread pool as they
+arrive, and a write-behind thread writes each shard once, when it is full,
+through a temporary file and an atomic rename. Array shape and metadata are
+updated after every shard by atomic JSON replacement, so a writer killed at
+any moment leaves a store that opens and holds every shard written so far,
+with ``complete: false``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numcodecs
+import numpy as np
+
+from .. import __version__
+
+__all__ = [
+    "MovieError",
+    "Movie",
+    "MovieWriter",
+    "create_movie",
+    "open_movie",
+    "write_movie",
+    "IMAGE_PATH",
+]
+
+IMAGE_PATH = "0"
+TIMESTAMPS_PATH = "timestamps"
+NGFF_VERSION = "0.5"
+_MISSING = np.uint64(2**64 - 1)  # shard index marker for an absent chunk
+DEFAULT_SHARD_BYTES = 64 * 2**20
+DEFAULT_BUFFER_BYTES = 1024 * 2**20
+
+
+class MovieError(ValueError):
+    """A movie store is missing, corrupt, or not what a stage needs."""
+
+
+def _atomic_write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MovieError(f"{path}: unreadable Zarr metadata ({exc})") from exc
+
+
+def _axes_for(ndim_spatial: int) -> tuple[str, ...]:
+    if ndim_spatial == 2:
+        return ("t", "y", "x")
+    if ndim_spatial == 3:
+        return ("t", "z", "y", "x")
+    raise MovieError(f"frames must be 2D (y, x) or 3D (z, y, x), got {ndim_spatial} dimensions")
+
+
+def _shards_for(frame_bytes: int, frames_per_shard: int | None) -> int:
+    if frames_per_shard is None:
+        frames_per_shard = max(1, min(1024, DEFAULT_SHARD_BYTES // max(frame_bytes, 1)))
+    if int(frames_per_shard) < 1:
+        raise MovieError(f"frames_per_shard must be >= 1, got {frames_per_shard}")
+    return int(frames_per_shard)
+
+
+def _ome_attributes(name: str, axes: Sequence[str], scale: Sequence[float]) -> dict:
+    axis_meta = []
+    for ax in axes:
+        if ax == "t":
+            axis_meta.append({"name": "t", "type": "time", "unit": "second"})
+        else:
+            axis_meta.append({"name": ax, "type": "space", "unit": "micrometer"})
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": axis_meta,
+                "datasets": [
+                    {
+                        "path": IMAGE_PATH,
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [float(s) for s in scale]}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Metadata must be plain JSON: numpy scalars and arrays become Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class MovieWriter:
+    """Write frames into a new movie store, shard by shard.
+
+    Use :func:`create_movie` to make one. Frames arrive with their index along
+    t (non-decreasing gaps allowed: a skipped index is a dropped frame).
+    ``write`` returns as soon as the frame is queued for compression; it blocks
+    only when more than ``buffer_bytes`` of frames are still waiting for disk
+    (back-pressure rather than loss).
+
+    Closing with ``complete=True`` marks a clean end; leaving through an
+    exception, or ``close(complete=False)``, writes what was received and
+    leaves ``complete: false``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        frame_shape: tuple[int, ...],
+        dtype: np.dtype,
+        frames_per_shard: int,
+        *,
+        clevel: int = 5,
+        compression_threads: int | None = None,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        first_seq: int = 0,
+    ):
+        self.path = Path(path)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.dtype = np.dtype(dtype)
+        self.frames_per_shard = int(frames_per_shard)
+        self.first_seq = int(first_seq)
+        self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+        self._codec = numcodecs.Blosc(
+            cname="lz4", clevel=int(clevel), shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=compression_threads or os.cpu_count() or 2,
+            thread_name_prefix="trackflow-compress",
+        )
+        max_frames = max(2 * self.frames_per_shard, buffer_bytes // max(self._frame_bytes, 1))
+        self._slots = threading.Semaphore(max_frames)
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._shard_id = -1
+        self._pending: list[tuple[int, Future]] = []
+        self._pending_ts: dict[int, float] = {}
+        self._last_index = -1
+        self._n_written = 0  # frames on disk
+        self._written_mask: list[bool] = []  # per index on disk (or in flight)
+        self._on_disk_until = 0  # shape published in metadata
+        self._extra_attrs: dict[str, Any] = {}
+        self._closed = False
+        self._t0 = time.perf_counter()
+        self.bytes_compressed = 0
+        self.seconds_compressing = 0.0
+        self.seconds_writing = 0.0
+        self._writer = threading.Thread(
+            target=self._write_loop, name="trackflow-shard-writer", daemon=True
+        )
+        self._writer.start()
+
+    # -- public ---------------------------------------------------------
+    @property
+    def frames_received(self) -> int:
+        return sum(self._written_mask)
+
+    @property
+    def frames_written(self) -> int:
+        """Frames durably on disk (their shard has been written)."""
+        return self._n_written
+
+    def write(self, index: int, frame: Any, timestamp: float = float("nan")) -> None:
+        """Queue one frame at position ``index`` along t.
+
+        ``frame`` is an array (or buffer) of the store's frame shape and dtype;
+        it is read by a compression thread, so it must not be modified after
+        the call (a ZeroMQ frame buffer is fine: it is immutable).
+        """
+        self._raise_if_failed()
+        if self._closed:
+            raise MovieError(f"{self.path}: write after close")
+        index = int(index)
+        if index <= self._last_index:
+            raise ValueError(
+                f"{self.path}: frame index {index} is not after the last one ({self._last_index})"
+            )
+        arr = np.asarray(frame)
+        if arr.shape != self.frame_shape or arr.dtype != self.dtype:
+            raise ValueError(
+                f"{self.path}: frame {index} has shape {arr.shape} and dtype {arr.dtype}, "
+                f"the store holds {self.frame_shape} {self.dtype}"
+            )
+        shard_id = index // self.frames_per_shard
+        if shard_id != self._shard_id:
+            self._submit_shard()
+            self._shard_id = shard_id
+        self._slots.acquire()
+        self._pending.append((index % self.frames_per_shard, self._pool.submit(self._encode, arr)))
+        self._pending_ts[index] = float(timestamp)
+        self._written_mask.extend([False] * (index - len(self._written_mask)))
+        self._written_mask.append(True)
+        self._last_index = index
+
+    def set_attributes(self, **attrs: Any) -> None:
+        """Add or update keys of the ``trackflow`` metadata (written with the next shard)."""
+        with self._lock:
+            self._extra_attrs.update(_jsonable(attrs))
+
+    def close(self, complete: bool = True, n_frames: int | None = None) -> None:
+        """Write what is buffered, publish the final shape and metadata.
+
+        ``n_frames`` extends the movie to that length when the source said how
+        many frames it sent: trailing frames that never arrived become dropped.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._submit_shard()
+            self._queue.put(None)
+            self._writer.join()
+        finally:
+            self._pool.shutdown(wait=True)
+        total = max(len(self._written_mask), int(n_frames or 0))
+        self._written_mask.extend([False] * (total - len(self._written_mask)))
+        self._publish(total, complete=bool(complete) and self._error is None)
+        self._raise_if_failed()
+
+    def __enter__(self) -> "MovieWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(complete=exc_type is None)
+
+    # -- internals ------------------------------------------------------
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise MovieError(f"{self.path}: writing failed: {self._error}") from self._error
+
+    def _encode(self, arr: np.ndarray) -> bytes:
+        t = time.perf_counter()
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        out = self._codec.encode(np.ascontiguousarray(arr))
+        self.seconds_compressing += time.perf_counter() - t
+        return out
+
+    def _submit_shard(self) -> None:
+        if not self._pending:
+            return
+        shard_ts = self._pending_ts
+        self._queue.put((self._shard_id, self._pending, shard_ts))
+        self._pending, self._pending_ts = [], {}
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            shard_id, entries, timestamps = item
+            try:
+                if self._error is None:
+                    self._write_shard(shard_id, entries, timestamps)
+            except BaseException as exc:  # surfaced to the producer on its next call
+                self._error = exc
+            finally:
+                for _ in entries:
+                    self._slots.release()
+
+    def _write_shard(self, shard_id: int, entries, timestamps: dict[int, float]) -> None:
+        S = self.frames_per_shard
+        index = np.full((S, 2), _MISSING, dtype="<u8")
+        chunks: list[bytes] = []
+        offset = 0
+        for pos, fut in entries:
+            data = fut.result()
+            index[pos] = (offset, len(data))
+            chunks.append(data)
+            offset += len(data)
+        index_bytes = index.tobytes()
+        crc = google_crc32c_value(index_bytes).to_bytes(4, "little")
+        t = time.perf_counter()
+        key = [str(shard_id)] + ["0"] * len(self.frame_shape)
+        shard_path = self.path.joinpath(IMAGE_PATH, "c", *key)
+        shard_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = shard_path.with_name(shard_path.name + ".partial")
+        with open(tmp, "wb") as fh:
+            for data in chunks:
+                fh.write(data)
+            fh.write(index_bytes)
+            fh.write(crc)
+        os.replace(tmp, shard_path)
+        # timestamps: one uncompressed chunk per shard, NaN where absent
+        ts = np.full(S, np.nan, dtype="<f8")
+        for i, value in timestamps.items():
+            ts[i - shard_id * S] = value
+        ts_path = self.path.joinpath(TIMESTAMPS_PATH, "c", str(shard_id))
+        ts_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ts_path.with_name(ts_path.name + ".partial")
+        tmp.write_bytes(ts.tobytes())
+        os.replace(tmp, ts_path)
+        self.seconds_writing += time.perf_counter() - t
+        self.bytes_compressed += offset
+        self._n_written += len(entries)
+        end = max(timestamps) + 1
+        self._publish(end, complete=False)
+
+    def _publish(self, n_frames: int, complete: bool) -> None:
+        """Atomically publish shape and metadata for the first ``n_frames``."""
+        with self._lock:
+            n_frames = max(n_frames, self._on_disk_until)
+            self._on_disk_until = n_frames
+            for sub, shape in (
+                (IMAGE_PATH, [n_frames, *self.frame_shape]),
+                (TIMESTAMPS_PATH, [n_frames]),
+            ):
+                meta_path = self.path / sub / "zarr.json"
+                meta = _read_json(meta_path)
+                meta["shape"] = shape
+                _atomic_write_json(meta_path, meta)
+            mask = self._written_mask[:n_frames]
+            dropped = [self.first_seq + i for i, ok in enumerate(mask) if not ok]
+            root_path = self.path / "zarr.json"
+            root = _read_json(root_path)
+            attrs = root.setdefault("attributes", {}).setdefault("trackflow", {})
+            attrs.update(self._extra_attrs)
+            attrs.update(
+                {
+                    "frames_written": int(self._n_written),
+                    "dropped": dropped,
+                    "complete": bool(complete),
+                    "first_seq": self.first_seq,
+                    "frames_per_shard": self.frames_per_shard,
+                    "trackflow_version": __version__,
+                }
+            )
+            _atomic_write_json(root_path, root)
+
+
+def google_crc32c_value(data: bytes) -> int:
+    """CRC-32C of the shard index, as the Zarr v3 ``crc32c`` codec expects."""
+    import google_crc32c
+
+    return google_crc32c.value(data)
+
+
+def create_movie(
+    path: str | os.PathLike,
+    frame_shape: Sequence[int],
+    dtype: Any,
+    *,
+    pixel_size_um: float | Sequence[float] = 1.0,
+    frame_interval_s: float = 1.0,
+    metadata: Mapping[str, Any] | None = None,
+    frames_per_shard: int | None = None,
+    clevel: int = 5,
+    compression_threads: int | None = None,
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    first_seq: int = 0,
+    overwrite: bool = False,
+    name: str | None = None,
+) -> MovieWriter:
+    """Create an empty movie store and return its :class:`MovieWriter`.
+
+    Parameters
+    ----------
+    path : path-like
+        The store directory (``*.ome.zarr``). An existing path is an error
+        unless ``overwrite`` is true: nothing already written is replaced by
+        accident.
+    frame_shape : (y, x) or (z, y, x)
+        Shape of one frame, in pixels.
+    dtype : numpy dtype
+        Pixel type (uint8/uint16 from cameras, int32 for label stores).
+    pixel_size_um : float or sequence
+        Physical pixel size in µm, one value or one per spatial axis.
+    frame_interval_s : float
+        Time between frames, in seconds (the t scale).
+    metadata : mapping
+        Initial ``trackflow`` attributes (source, exposure_s, temperature_K, ...).
+    frames_per_shard : int, optional
+        Frames per shard file; by default about 64 MiB of raw frames.
+    """
+    path = Path(path)
+    frame_shape = tuple(int(s) for s in frame_shape)
+    if any(s < 1 for s in frame_shape):
+        raise MovieError(f"{path}: frame shape {frame_shape} has an empty axis")
+    dtype = np.dtype(dtype)
+    axes = _axes_for(len(frame_shape))
+    pixel = np.broadcast_to(np.asarray(pixel_size_um, dtype=float), (len(frame_shape),))
+    if np.any(pixel <= 0) or not np.isfinite(frame_interval_s) or frame_interval_s <= 0:
+        raise MovieError(
+            f"{path}: pixel_size_um {pixel.tolist()} and frame_interval_s {frame_interval_s} must be positive"
+        )
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    frames_per_shard = _shards_for(int(np.prod(frame_shape)) * dtype.itemsize, frames_per_shard)
+
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.create_array(
+        IMAGE_PATH,
+        shape=(0, *frame_shape),
+        chunks=(1, *frame_shape),
+        shards=(frames_per_shard, *frame_shape),
+        dtype=dtype,
+        compressors=BloscCodec(cname="lz4", clevel=int(clevel), shuffle="bitshuffle"),
+        fill_value=0,
+        dimension_names=list(axes),
+    )
+    root.create_array(
+        TIMESTAMPS_PATH,
+        shape=(0,),
+        chunks=(frames_per_shard,),
+        dtype="float64",
+        compressors=None,
+        fill_value=float("nan"),
+        dimension_names=["t"],
+    )
+    scale = [float(frame_interval_s), *pixel.tolist()]
+    attrs = {
+        "pixel_size_um": pixel.tolist(),
+        "frame_interval_s": float(frame_interval_s),
+        "complete": False,
+        "frames_written": 0,
+        "dropped": [],
+        **_jsonable(dict(metadata or {})),
+    }
+    root_meta_path = path / "zarr.json"
+    root_meta = _read_json(root_meta_path)
+    root_meta["attributes"] = {
+        "ome": _ome_attributes(name or path.name.split(".")[0], axes, scale),
+        "trackflow": attrs,
+    }
+    _atomic_write_json(root_meta_path, root_meta)
+    return MovieWriter(
+        path,
+        frame_shape,
+        dtype,
+        frames_per_shard,
+        clevel=clevel,
+        compression_threads=compression_threads,
+        buffer_bytes=buffer_bytes,
+        first_seq=first_seq,
+    )
+
+
+def write_movie(
+    path: str | os.PathLike,
+    frames: np.ndarray | Iterator[np.ndarray],
+    *,
+    timestamps: Sequence[float] | None = None,
+    **kwargs: Any,
+) -> "Movie":
+    """Write a whole movie (an array ``(t, ...)`` or an iterable of frames).
+
+    Keyword arguments are those of :func:`create_movie`. Returns the opened
+    :class:`Movie`. An empty movie is an error.
+    """
+    iterator = iter(frames)
+    try:
+        first = np.asarray(next(iterator))
+    except StopIteration:
+        raise MovieError(f"{path}: the movie has no frames") from None
+    writer = create_movie(path, first.shape, first.dtype, **kwargs)
+    with writer:
+        for i, frame in enumerate(_chain(first, iterator)):
+            ts = float(timestamps[i]) if timestamps is not None else float("nan")
+            writer.write(i, frame, ts)
+        writer.set_attributes(frames_expected=writer.frames_received)
+    return open_movie(path)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+class Movie:
+    """A movie store opened for reading.
+
+    Attributes
+    ----------
+    path : Path
+    array : zarr.Array
+        The image, ``(t, y, x)`` or ``(t, z, y, x)``.
+    axes : tuple of str
+    scale : tuple of float
+        Per axis: seconds for t, µm for space.
+    attrs : dict
+        The ``trackflow`` acquisition metadata.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import zarr
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"movie store {self.path} does not exist")
+        try:
+            root = zarr.open_group(str(self.path), mode="r")
+        except Exception as exc:
+            raise MovieError(f"{self.path} is not a Zarr store: {exc}") from exc
+        ome = root.attrs.get("ome")
+        try:
+            ms = ome["multiscales"][0]
+            axes = tuple(a["name"] for a in ms["axes"])
+            dataset = ms["datasets"][0]
+            scale = next(
+                c["scale"] for c in dataset["coordinateTransformations"] if c["type"] == "scale"
+            )
+            image_path = dataset["path"]
+        except (TypeError, KeyError, IndexError, StopIteration) as exc:
+            raise MovieError(
+                f"{self.path} is not an OME-Zarr image: no usable 'ome.multiscales' metadata"
+            ) from exc
+        try:
+            self.array = root[image_path]
+        except KeyError:
+            raise MovieError(f"{self.path}: the image array '{image_path}' is missing") from None
+        if axes not in (("t", "y", "x"), ("t", "z", "y", "x")) or len(axes) != self.array.ndim:
+            raise MovieError(
+                f"{self.path}: axes {axes} do not match array of shape {self.array.shape}; "
+                "expected (t, y, x) or (t, z, y, x)"
+            )
+        self.axes = axes
+        self.scale = tuple(float(s) for s in scale)
+        self.attrs: dict = dict(root.attrs.get("trackflow", {}))
+        self._root = root
+
+    # shape and units ----------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def n_frames(self) -> int:
+        return len(self)
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.array.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensions: 2 or 3."""
+        return len(self.axes) - 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def pixel_size_um(self) -> tuple[float, ...]:
+        """Pixel size per spatial axis (z, y, x or y, x), in µm."""
+        return self.scale[1:]
+
+    @property
+    def frame_interval_s(self) -> float:
+        return self.scale[0]
+
+    @property
+    def frames_per_shard(self) -> int:
+        return int(self.array.shards[0]) if self.array.shards else int(self.array.chunks[0])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete", False))
+
+    @property
+    def dropped_frames(self) -> np.ndarray:
+        """Frame indices (not sequence numbers) that never arrived."""
+        first = int(self.attrs.get("first_seq", 0))
+        return np.asarray(self.attrs.get("dropped", []), dtype=np.int64) - first
+
+    def metadata(self, key: str, default: Any = None, *, required: bool = False) -> Any:
+        """One acquisition metadata value; ``required`` raises naming the key."""
+        if key in self.attrs and self.attrs[key] is not None:
+            return self.attrs[key]
+        if required:
+            raise MovieError(f"{self.path}: acquisition metadata key 'trackflow.{key}' is missing")
+        return default
+
+    def timestamps(self) -> np.ndarray:
+        try:
+            return np.asarray(self._root[TIMESTAMPS_PATH][:], dtype=float)
+        except KeyError:
+            return np.full(len(self), np.nan)
+
+    # frames ---------------------------------------------------------------
+    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``start`` to ``stop`` (exclusive) as one array."""
+        stop = len(self) if stop is None else min(int(stop), len(self))
+        try:
+            return np.asarray(self.array[start:stop])
+        except Exception as exc:
+            raise MovieError(f"{self.path}: cannot read frames {start}..{stop - 1}: {exc}") from exc
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.path}: frame {index} out of range (0..{len(self) - 1})")
+        index %= len(self)
+        return self.frames(index, index + 1)[0]
+
+    def chunk_bounds(self, frames_per_chunk: int | None = None) -> list[tuple[int, int]]:
+        """Frame ranges ``[(start, stop), ...]`` covering the movie, aligned to shards."""
+        step = int(frames_per_chunk or self.frames_per_shard)
+        return [(s, min(s + step, len(self))) for s in range(0, len(self), step)]
+
+    def __repr__(self) -> str:
+        return (
+            f"Movie({str(self.path)!r}, frames={len(self)}, frame_shape={self.frame_shape}, "
+            f"dtype={self.dtype}, scale={self.scale})"
+        )
+
+
+def open_movie(path: str | os.PathLike) -> Movie:
+    """Open a movie store for reading, validating its OME-Zarr metadata."""
+    return Movie(path)

@@ -1,0 +1,132 @@
+"""Tables between stages: Parquet files with provenance in their metadata.
+
+Every table carries, in the Parquet key-value metadata under ``trackflow``,
+the package version, the stage that wrote it and that stage's parameters, so
+an output always says what made it.
+
+Column contracts (positions in pixels, trackpy's convention):
+
+- features (locate): ``frame, [z,] y, x, mass, size, ecc, signal, raw_mass, ep``
+- refined (refine): the features' columns plus ``cost, cluster, cluster_size``
+- tracks (link): the refined columns plus ``particle``
+- flow (link): ``frame, [z,] y, x, [dz,] dy, dx, cost``
+- sizes (size): ``particle, n_steps, D_um2_s, sigma_um, diameter_nm, ...``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import __version__
+
+__all__ = [
+    "TableError",
+    "write_table",
+    "read_table",
+    "table_metadata",
+    "position_columns",
+    "FEATURE_COLUMNS",
+    "REFINED_COLUMNS",
+    "TRACK_COLUMNS",
+    "FLOW_COLUMNS",
+    "SIZE_COLUMNS",
+]
+
+FEATURE_COLUMNS = ("frame", "y", "x", "mass", "size", "ecc", "signal", "raw_mass", "ep")
+REFINED_COLUMNS = ("frame", "y", "x", "cost", "cluster", "cluster_size")
+TRACK_COLUMNS = ("frame", "y", "x", "particle")
+FLOW_COLUMNS = ("frame", "y", "x", "dy", "dx", "cost")
+SIZE_COLUMNS = ("particle", "n_steps", "D_um2_s", "sigma_um", "diameter_nm")
+_META_KEY = b"trackflow"
+
+
+class TableError(ValueError):
+    """A stage table is missing, unreadable or lacks required columns."""
+
+
+def position_columns(df_or_columns: pd.DataFrame | Iterable[str]) -> list[str]:
+    """``['z', 'y', 'x']`` for 3D tables, ``['y', 'x']`` for 2D ones."""
+    cols = df_or_columns.columns if isinstance(df_or_columns, pd.DataFrame) else df_or_columns
+    return ["z", "y", "x"] if "z" in cols else ["y", "x"]
+
+
+def write_table(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    stage: str,
+    params: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``df`` as Parquet with provenance, atomically.
+
+    Parameters
+    ----------
+    df : DataFrame
+    path : path-like
+    stage : str
+        Name of the stage writing the table (``"locate"``, ...).
+    params : mapping
+        The stage's parameters, exactly as used.
+    extra : mapping
+        Anything else worth recording (inputs, counts, summary figures).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    provenance = {
+        "trackflow_version": __version__,
+        "stage": stage,
+        "params": dict(params or {}),
+        **dict(extra or {}),
+    }
+    meta = dict(table.schema.metadata or {})
+    meta[_META_KEY] = json.dumps(provenance, default=_json_default).encode()
+    table = table.replace_schema_metadata(meta)
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def read_table(
+    path: str | os.PathLike, *, required: Iterable[str] = (), stage: str | None = None
+) -> pd.DataFrame:
+    """Read a stage table, checking that ``required`` columns are present.
+
+    Errors name the file and the missing columns.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"table {path} does not exist")
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception as exc:
+        raise TableError(f"{path}: not a readable Parquet table ({exc})") from exc
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        what = f" (expected from stage '{stage}')" if stage else ""
+        raise TableError(f"{path}: missing column(s) {missing}{what}")
+    return df
+
+
+def table_metadata(path: str | os.PathLike) -> dict:
+    """The provenance recorded with a table: version, stage, params, ..."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(_META_KEY)
+    return json.loads(raw) if raw else {}
