@@ -343,12 +343,13 @@ class MovieWriter:
         os.replace(tmp, ts_path)
         self.seconds_writing += time.perf_counter() - t
         self.bytes_compressed += offset
+        # count the shard as written only once its metadata is published too
+        self._publish(max(timestamps) + 1, complete=False, n_written=self._n_written + len(entries))
         self._n_written += len(entries)
-        end = max(timestamps) + 1
-        self._publish(end, complete=False)
 
-    def _publish(self, n_frames: int, complete: bool) -> None:
+    def _publish(self, n_frames: int, complete: bool, n_written: int | None = None) -> None:
         """Atomically publish shape and metadata for the first ``n_frames``."""
+        n_written = self._n_written if n_written is None else n_written
         with self._lock:
             n_frames = max(n_frames, self._on_disk_until)
             self._on_disk_until = n_frames
@@ -368,7 +369,7 @@ class MovieWriter:
             attrs.update(self._extra_attrs)
             attrs.update(
                 {
-                    "frames_written": int(self._n_written),
+                    "frames_written": int(n_written),
                     "dropped": dropped,
                     "complete": bool(complete),
                     "first_seq": self.first_seq,

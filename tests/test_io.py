@@ -1,0 +1,184 @@
+"""The contracts between stages: movie store and tables."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from pipeline.io import (
+    MovieError,
+    TableError,
+    create_movie,
+    open_movie,
+    read_table,
+    table_metadata,
+    write_movie,
+    write_table,
+)
+from pipeline.physics import stokes_einstein_D, stokes_einstein_diameter, water_viscosity
+
+
+@pytest.fixture
+def frames():
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 4096, size=(23, 40, 56), dtype=np.uint16)
+
+
+def test_round_trip_is_bit_exact_across_shards(tmp_path, frames):
+    movie = write_movie(
+        tmp_path / "m.ome.zarr", frames, frames_per_shard=4, pixel_size_um=0.25, frame_interval_s=0.04
+    )
+    assert np.array_equal(movie.frames(), frames)
+    assert np.array_equal(movie.frames(5, 11), frames[5:11])
+    assert np.array_equal(movie[-1], frames[-1])
+    assert movie.complete and movie.attrs["frames_written"] == len(frames)
+    assert movie.frames_per_shard == 4
+    # 6 shards, the last one partial, each written once as one file
+    shard_files = sorted((tmp_path / "m.ome.zarr" / "0" / "c").rglob("*"))
+    assert len([p for p in shard_files if p.is_file()]) == 6
+    assert not any(p.name.endswith(".partial") for p in shard_files)
+
+
+def test_store_is_ngff_05_with_physical_scale(tmp_path, frames):
+    write_movie(tmp_path / "m.ome.zarr", frames, pixel_size_um=0.25, frame_interval_s=0.04)
+    root = zarr.open_group(str(tmp_path / "m.ome.zarr"), mode="r")
+    ome = root.attrs["ome"]
+    assert ome["version"] == "0.5"
+    ms = ome["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["t", "y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.04, 0.25, 0.25]
+    image = root["0"]
+    assert image.chunks == (1, 40, 56)
+    codecs = json.loads((tmp_path / "m.ome.zarr" / "0" / "zarr.json").read_text())["codecs"]
+    inner = codecs[0]["configuration"]["codecs"]
+    assert codecs[0]["name"] == "sharding_indexed"
+    assert inner[-1]["configuration"]["cname"] == "lz4"
+    assert inner[-1]["configuration"]["shuffle"] == "bitshuffle"
+
+
+def test_gaps_are_recorded_as_dropped_with_timestamps(tmp_path):
+    writer = create_movie(tmp_path / "g.ome.zarr", (8, 8), "uint8", frames_per_shard=3, first_seq=100)
+    for i in (0, 1, 4, 5, 6):
+        writer.write(i, np.full((8, 8), i + 1, np.uint8), timestamp=10.0 + i)
+    writer.close(n_frames=9)
+    movie = open_movie(tmp_path / "g.ome.zarr")
+    assert len(movie) == 9
+    assert movie.attrs["dropped"] == [102, 103, 107, 108]
+    assert movie.dropped_frames.tolist() == [2, 3, 7, 8]
+    assert movie.frames()[:, 0, 0].tolist() == [1, 2, 0, 0, 5, 6, 7, 0, 0]
+    ts = movie.timestamps()
+    assert ts[[0, 1, 4, 5, 6]].tolist() == [10.0, 11.0, 14.0, 15.0, 16.0]
+    assert np.isnan(ts[[2, 3, 7, 8]]).all()
+
+
+def test_volumes_keep_anisotropic_scale(tmp_path):
+    vol = np.random.default_rng(1).integers(0, 255, (4, 5, 12, 16), dtype=np.uint8)
+    movie = write_movie(tmp_path / "v.ome.zarr", vol, pixel_size_um=(0.5, 0.1, 0.1))
+    assert movie.axes == ("t", "z", "y", "x")
+    assert movie.pixel_size_um == (0.5, 0.1, 0.1)
+    assert np.array_equal(movie.frames(), vol)
+
+
+def test_refuses_to_overwrite_without_permission(tmp_path, frames):
+    path = tmp_path / "m.ome.zarr"
+    write_movie(path, frames[:3])
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_movie(path, frames[:2])
+    assert len(open_movie(path)) == 3  # nothing lost
+    write_movie(path, frames[:2], overwrite=True)
+    assert len(open_movie(path)) == 2
+
+
+def test_bad_frames_and_empty_movies_are_named(tmp_path, frames):
+    writer = create_movie(tmp_path / "b.ome.zarr", (40, 56), "uint16")
+    writer.write(0, frames[0])
+    with pytest.raises(ValueError, match="frame 1 has shape"):
+        writer.write(1, frames[0, :10])
+    with pytest.raises(ValueError, match="not after"):
+        writer.write(0, frames[1])
+    writer.close()
+    assert len(open_movie(tmp_path / "b.ome.zarr")) == 1
+    with pytest.raises(MovieError, match="no frames"):
+        write_movie(tmp_path / "e.ome.zarr", [])
+
+
+def test_opening_something_else_names_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ome.zarr"):
+        open_movie(tmp_path / "nope.ome.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(MovieError, match="not an OME-Zarr image"):
+        open_movie(tmp_path / "plain.zarr")
+
+
+def test_corrupt_shard_is_reported_with_frames(tmp_path, frames):
+    path = tmp_path / "c.ome.zarr"
+    write_movie(path, frames, frames_per_shard=8)
+    shard = path / "0" / "c" / "1" / "0" / "0"
+    shard.write_bytes(b"garbage" * 10)
+    movie = open_movie(path)
+    assert np.array_equal(movie.frames(0, 8), frames[:8])  # other shards intact
+    with pytest.raises(MovieError, match=r"frames 8\.\.15"):
+        movie.frames(8, 16)
+
+
+def test_killed_writer_leaves_a_readable_incomplete_store(tmp_path):
+    """SIGKILL mid-stream: every shard that reached disk opens, complete is false."""
+    path = tmp_path / "k.ome.zarr"
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, sys, time
+        from pipeline.io import create_movie
+        w = create_movie({str(path)!r}, (32, 32), "uint16", frames_per_shard=5)
+        for i in range(10**6):
+            w.write(i, np.full((32, 32), i % 65535, np.uint16))
+            if i == 23:
+                while w.frames_written < 20:
+                    time.sleep(0.01)
+                print("ready", flush=True)
+                time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    movie = open_movie(path)
+    assert not movie.complete
+    assert len(movie) == 20 and movie.attrs["frames_written"] == 20
+    assert movie.frames()[:, 0, 0].tolist() == list(range(20))
+
+
+def test_table_round_trip_keeps_provenance(tmp_path):
+    df = pd.DataFrame({"frame": [0, 1], "y": [1.5, 2.5], "x": [3.0, 4.0]})
+    path = write_table(df, tmp_path / "t.parquet", stage="locate", params={"diameter": 11})
+    back = read_table(path, required=("frame", "y", "x"))
+    pd.testing.assert_frame_equal(back, df)
+    meta = table_metadata(path)
+    assert meta["stage"] == "locate" and meta["params"] == {"diameter": 11}
+    assert "trackflow_version" in meta
+    with pytest.raises(TableError, match=r"t\.parquet: missing column\(s\) \['mass'\]"):
+        read_table(path, required=("mass",))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(TableError, match="bad.parquet"):
+        read_table(tmp_path / "bad.parquet")
+
+
+def test_water_viscosity_and_stokes_einstein():
+    # CRC Handbook: 1.0016 mPa s at 20 C, 0.8900 at 25 C, 0.6913 at 37 C
+    for celsius, eta in ((20, 1.0016e-3), (25, 0.8900e-3), (37, 0.6913e-3)):
+        assert water_viscosity(273.15 + celsius) == pytest.approx(eta, rel=0.015)
+    D = stokes_einstein_D(100.0, 298.15, 0.89e-3)
+    assert D == pytest.approx(4.906, rel=1e-3)  # um^2/s for 100 nm in water at 25 C
+    assert stokes_einstein_diameter(D, 298.15, 0.89e-3) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="temperature_K"):
+        water_viscosity(25.0)
