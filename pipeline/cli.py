@@ -38,7 +38,7 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--scheduler",
         choices=("threads", "processes", "synchronous", "address", "scheduler_file", "slurm"),
-        help="Dask scheduler (default: the config's compute.scheduler, else threads)",
+        help="Dask scheduler (default: the config's compute.scheduler, else processes)",
     )
     group.add_argument("--address", help="address of a running dask.distributed scheduler")
     group.add_argument("--scheduler-file", help="scheduler file of a running dask.distributed cluster")
@@ -125,8 +125,188 @@ def main(argv: list[str] | None = None) -> int:
 # --- acquire ---------------------------------------------------------------
 # (commands of the acquire stage go here)
 
+
+def _acquire_key_values(items: list[str], what: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"trackflow: {what} needs KEY=VALUE, got {item!r}")
+        values[key.strip()] = yaml.safe_load(value)
+    return values
+
+
+def _acquire_summary(movie: Any) -> str:
+    state = "complete" if movie.complete else f"INCOMPLETE ({movie.attrs.get('interrupted') or 'no end of stream'})"
+    rejected = sum((movie.attrs.get("rejected") or {}).values())
+    return (
+        f"{movie.path}: {movie.attrs.get('frames_written')} frames written, "
+        f"{len(movie.attrs.get('dropped') or [])} dropped, {rejected} rejected messages; {state}"
+    )
+
+
+@command
+def _register_acquire(sub: Any) -> None:
+    p = sub.add_parser(
+        "acquire",
+        help="stream a camera, simulation or files into a movie store (OME-Zarr)",
+        description="Stream SOURCE over ZeroMQ into a movie store, with a live progress line "
+        "(frames, fps, MB/s, dropped) on stderr.",
+    )
+    p.add_argument(
+        "source",
+        help="'simulated', an image glob or directory, a .tif stack, a .zarr store, or a JSON source dict",
+    )
+    p.add_argument(
+        "-s", "--source-set", metavar="KEY=VALUE", action="append", default=[],
+        help="a source key (YAML value): -s channel=1 -s pixel_size_um=0.3509 -s n_frames=200",
+    )
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--frames", type=int, help="stop after N frames")
+    limit.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    p.add_argument("-o", "--output", required=True, help="movie store to write (movie.ome.zarr)")
+    p.add_argument("--endpoint", help="where the writer binds (default: a fresh loopback endpoint)")
+    p.add_argument(
+        "--pub", nargs="?", const="tcp://127.0.0.1:5556", metavar="ENDPOINT",
+        help="offer frames to live viewers on a PUB socket (default tcp://127.0.0.1:5556)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    add_params_options(p)
+
+    def run_acquire(args: argparse.Namespace) -> int:
+        from .acquire import acquire
+        from .acquire.sources import parse_source
+
+        source = parse_source(args.source, _acquire_key_values(args.source_set, "--source-set"))
+        params = stage_params(args, "acquire")
+        movie = acquire(
+            source,
+            args.output,
+            frames=args.frames,
+            duration_s=args.duration,
+            endpoint=args.endpoint,
+            pub_endpoint=args.pub or params.pop("pub_endpoint", None),
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            **params,
+        )
+        print(_acquire_summary(movie), file=sys.stderr)
+        return 0 if movie.complete else 1
+
+    p.set_defaults(func=run_acquire)
+
+
+@command
+def _register_record(sub: Any) -> None:
+    p = sub.add_parser(
+        "record",
+        help="writer only: receive a frame stream (PULL) and write it to a movie store",
+        description="Bind a PULL socket and write every frame received until the end of stream, "
+        "for a camera publishing from another process (pipeline.acquire.publish).",
+    )
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="where to bind (default %(default)s)")
+    p.add_argument("-o", "--output", required=True, help="movie store to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--pixel-size-um", type=float, nargs="+", help="if the stream does not say: µm per pixel")
+    p.add_argument("--frame-interval-s", type=float, help="if the stream does not say: seconds per frame")
+    p.add_argument("--metadata", metavar="JSON", help="more acquisition metadata (temperature_K, ...)")
+    p.add_argument("--run", help="accept only this run's messages")
+    p.add_argument("--start-timeout", type=float, metavar="SECONDS", help="give up if no stream begins")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    add_params_options(p)
+
+    def run_record(args: argparse.Namespace) -> int:
+        from .acquire import DEFAULTS, WRITER_KEYS, record, validate_params
+
+        settings = validate_params(stage_params(args, "acquire"), "record")
+        metadata = json.loads(args.metadata) if args.metadata else {}
+        if args.pixel_size_um:
+            metadata["pixel_size_um"] = args.pixel_size_um
+        if args.frame_interval_s:
+            metadata["frame_interval_s"] = args.frame_interval_s
+        movie = record(
+            args.endpoint,
+            args.output,
+            overwrite=args.overwrite,
+            metadata=metadata,
+            run=args.run,
+            start_timeout_s=args.start_timeout,
+            progress=not args.quiet,
+            acquisition={k: settings[k] for k in DEFAULTS},
+            **{k: settings[k] for k in WRITER_KEYS},
+        )
+        print(_acquire_summary(movie), file=sys.stderr)
+        return 0 if movie.complete else 1
+
+    p.set_defaults(func=run_record)
+
+
+@command
+def _register_preview(sub: Any) -> None:
+    p = sub.add_parser(
+        "preview",
+        help="watch a running acquisition: particles per frame (trackpy.locate)",
+        description="Subscribe to an acquisition's PUB socket and print the particles "
+        "trackpy.locate finds on every Nth frame.",
+    )
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="the PUB endpoint (default %(default)s)")
+    p.add_argument("--every", type=int, default=10, help="locate on every Nth frame (default %(default)s)")
+    p.add_argument("--diameter", type=int, default=11, help="feature diameter, px, odd (default %(default)s)")
+    p.add_argument("--minmass", type=float, help="trackpy minmass")
+    p.add_argument("--invert", action="store_true", help="dark particles on a bright background")
+    p.add_argument("--frames", type=int, help="stop after N located frames")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop when no frame comes for this long")
+
+    def run_preview(args: argparse.Namespace) -> int:
+        from .acquire import preview
+
+        options = {"invert": args.invert}
+        if args.minmass is not None:
+            options["minmass"] = args.minmass
+        preview(
+            args.endpoint, every=args.every, frames=args.frames, timeout_s=args.timeout,
+            diameter=args.diameter, **options,
+        )
+        return 0
+
+    p.set_defaults(func=run_preview)
+
 # --- locate ----------------------------------------------------------------
 # (commands of the locate stage go here)
+
+
+@command
+def _register_locate(sub: Any) -> None:
+    parser = sub.add_parser(
+        "locate",
+        help="find features in every frame of a movie (trackpy.locate, Dask-parallel)",
+        description=(
+            "Locate features in every frame of MOVIE with trackpy.locate and write "
+            "features.parquet. Parameters: the config's `locate` section (diameter, "
+            "minmass, ..., frames_per_task); compute: the `compute` section or the "
+            "options below."
+        ),
+    )
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="features table to write (.parquet)")
+    add_params_options(parser)
+    add_compute_options(parser)
+
+    def locate_command(args: argparse.Namespace) -> int:
+        from .locate import run
+
+        features = run(
+            args.movie,
+            args.output,
+            stage_params(args, "locate"),
+            compute=compute_params(args),
+            threads=args.threads,
+        )
+        print(f"{args.output}: {len(features)} features")
+        return 0
+
+    parser.set_defaults(func=locate_command)
 
 # --- refine ----------------------------------------------------------------
 # (commands of the refine stage go here)
@@ -134,11 +314,156 @@ def main(argv: list[str] | None = None) -> int:
 # --- link ------------------------------------------------------------------
 # (commands of the link stage go here)
 
+
+@command
+def _register_link(sub: Any) -> None:
+    parser = sub.add_parser(
+        "link",
+        help="link features into tracks (tracks.parquet)",
+        description="Link located (or refined) features into tracks: features.parquet or "
+        "refined.parquet -> tracks.parquet, with the link section's parameters.",
+    )
+    parser.add_argument("features", help="features.parquet or refined.parquet")
+    parser.add_argument("-o", "--output", required=True, help="tracks.parquet to write")
+    parser.add_argument("--movie", help="the run's movie.ome.zarr (needed for search_range_um)")
+    parser.add_argument("--flow-output", help="also write the links' displacement vectors (flow.parquet)")
+    add_params_options(parser)
+
+    def run_link(args: argparse.Namespace) -> int:
+        from .link import run
+
+        tracks = run(
+            args.features,
+            args.output,
+            stage_params(args, "link"),
+            movie=args.movie,
+            flow_output=args.flow_output,
+        )
+        print(f"{args.output}: {tracks['particle'].nunique()} tracks, {len(tracks)} rows")
+        return 0
+
+    parser.set_defaults(func=run_link)
+
+
 # --- size ------------------------------------------------------------------
 # (commands of the size stage go here)
 
+
+@command
+def _register_size(sub: Any) -> None:
+    p = sub.add_parser(
+        "size",
+        help="diffusion coefficients, sizes, size distribution and concentration from tracks",
+        description="Size every track (CVE or optimal MSD fit, with localization error and motion "
+        "blur) and the sample (Walker's maximum-likelihood distribution beside the naive "
+        "histogram). Writes sizes.parquet, distribution.csv and summary.json.",
+    )
+    p.add_argument("tracks", help="tracks.parquet (link stage)")
+    p.add_argument("movie", help="the run's movie store (for pixel size, frame interval, conditions)")
+    p.add_argument("--sizes", help="sizes table to write (default: sizes.parquet beside TRACKS)")
+    p.add_argument("--distribution", help="distribution CSV (default: distribution.csv beside TRACKS)")
+    p.add_argument("--summary", help="summary JSON (default: summary.json beside TRACKS)")
+    add_params_options(p)
+
+    def run_size(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from . import sizing
+
+        here = Path(args.tracks).resolve().parent
+        summary = sizing.run(
+            args.tracks,
+            args.movie,
+            args.sizes or here / "sizes.parquet",
+            args.distribution or here / "distribution.csv",
+            args.summary or here / "summary.json",
+            stage_params(args, "size"),
+        )
+        ci = summary.get("d50_ci_nm") or [None, None]
+        print(
+            f"{summary['n_tracks']} tracks: mode {summary.get('walker_mode_nm')} nm, "
+            f"D50 {summary.get('walker_d50_nm')} nm (95% CI {ci[0]}-{ci[1]}), "
+            f"naive mean {summary.get('naive_mean_nm')} nm; "
+            f"concentration {summary.get('concentration_per_ml')} /mL"
+        )
+        return 0
+
+    p.set_defaults(func=run_size)
+
+
+@command
+def _register_size_group(sub: Any) -> None:
+    p = sub.add_parser(
+        "size-group",
+        help="merge replicate runs' size distributions (mean and standard error)",
+        description="Merge the distribution.csv and summary.json of replicate runs (each RUN_DIR "
+        "holds both) into one group distribution and summary.",
+    )
+    p.add_argument("group", help="group name")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of the group")
+    p.add_argument("-o", "--outdir", required=True, help="directory for the group's outputs")
+    add_params_options(p)
+
+    def run_size_group(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from . import sizing
+
+        dirs = [Path(d) for d in args.run_dirs]
+        out = Path(args.outdir)
+        summary = sizing.run_group(
+            args.group,
+            [d / "distribution.csv" for d in dirs],
+            [d / "summary.json" for d in dirs],
+            out / "distribution.csv",
+            out / "summary.json",
+            stage_params(args, "size"),
+        )
+        print(
+            f"group {args.group}: {summary['n_replicates']} runs, mode "
+            f"{summary.get('walker_mode_nm')} ± {summary.get('walker_mode_nm_sem')} nm -> {out}"
+        )
+        return 0
+
+    p.set_defaults(func=run_size_group)
+
 # --- report ----------------------------------------------------------------
 # (commands of the report stage go here)
+
+
+@command
+def _register_report(sub: Any) -> None:
+    parser = sub.add_parser(
+        "report",
+        help="HTML report over runs (index.html and one page per run)",
+        description="Write a self-contained HTML page per run directory and an index over all "
+        "of them. A run is named after its directory.",
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<run> directories")
+    parser.add_argument("-o", "--output", required=True, help="index page to write, e.g. results/report/index.html")
+    parser.add_argument(
+        "--group", action="append", default=[], metavar="RUN=GROUP", help="put a run into a replicate group"
+    )
+    add_params_options(parser)
+
+    def run_report(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from .report import run
+
+        runs = [{"run": Path(d).resolve().name, "group": None, "dir": d} for d in args.run_dirs]
+        names = {r["run"]: r for r in runs}
+        for item in args.group:
+            name, sep, group = item.partition("=")
+            if not sep or name not in names or not group:
+                raise ValueError(f"--group needs RUN=GROUP with RUN one of {sorted(names)}, got {item!r}")
+            names[name]["group"] = group
+        index = run(runs, args.output, stage_params(args, "report"))
+        print(f"{index}: {len(runs)} run page(s) beside it")
+        return 0
+
+    parser.set_defaults(func=run_report)
+
 
 # --- segment ---------------------------------------------------------------
 # (commands of the segment stage go here)
@@ -148,6 +473,63 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- workflow --------------------------------------------------------------
 # (commands of the workflow stage go here)
+
+
+@command
+def _register_demo(sub: Any) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="simulate a few runs and take them through the whole workflow to a report",
+        description="Copy the shipped config/config.yaml and config/runs.tsv (simulated "
+        "100 nm, 200 nm and mixed beads) into WORKDIR and run the Snakemake workflow there "
+        "on this machine. Running it again re-runs only what changed.",
+    )
+    parser.add_argument("--workdir", default="demo", help="directory for config and results (default: ./demo)")
+    parser.add_argument("--cores", type=int, default=2, help="cores Snakemake may use (default: 2)")
+    parser.add_argument("-n", "--dry-run", action="store_true", help="only show the jobs that would run")
+
+    def run_demo(args: argparse.Namespace) -> int:
+        import shutil
+        import subprocess
+        from pathlib import Path
+
+        project = Path(__file__).resolve().parents[1]
+        snakefile = project / "workflow" / "Snakefile"
+        profile = project / "profiles" / "default"
+        shipped = project / "config"
+        for needed in (snakefile, profile / "config.yaml", shipped / "config.yaml", shipped / "runs.tsv"):
+            if not needed.exists():
+                raise FileNotFoundError(
+                    f"{needed} is missing: trackflow demo runs the workflow of a project checkout"
+                )
+        if args.cores < 1:
+            raise ValueError(f"--cores must be at least 1, got {args.cores}")
+        workdir = Path(args.workdir).resolve()
+        (workdir / "config").mkdir(parents=True, exist_ok=True)
+        for name in ("config.yaml", "runs.tsv"):
+            shutil.copyfile(shipped / name, workdir / "config" / name)
+        cmd = [
+            sys.executable, "-m", "snakemake",
+            "--snakefile", str(snakefile),
+            "--directory", str(workdir),
+            "--workflow-profile", str(profile),
+            "--cores", str(args.cores),
+        ]  # fmt: skip
+        if args.dry_run:
+            cmd.append("--dry-run")
+        print("trackflow demo: " + " ".join(cmd), flush=True)
+        done = subprocess.run(cmd)
+        if done.returncode != 0:
+            print(f"trackflow demo: the workflow failed (exit {done.returncode}); see the log above", file=sys.stderr)
+            return done.returncode
+        if not args.dry_run:
+            from .io.config import load_config
+
+            results = load_config(workdir / "config" / "config.yaml")["results"]
+            print(f"trackflow demo: report at {workdir / results / 'report' / 'index.html'}")
+        return 0
+
+    parser.set_defaults(func=run_demo)
 
 
 if __name__ == "__main__":  # pragma: no cover

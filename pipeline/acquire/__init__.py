@@ -1,0 +1,304 @@
+"""Stage ``acquire``: frames from a camera or files, streamed into a movie store.
+
+A frame source (a :class:`Camera`: the simulated NTA camera, a TIFF, an image
+sequence, a Zarr array, or a lab's own driver) is read by a publisher that
+sends each frame as one ZeroMQ message (JSON header + raw buffer, see
+:mod:`pipeline.acquire.wire`) over a lossless PUSH→PULL socket to a writer in
+its own process, which validates it and writes ``movie.ome.zarr`` through
+:class:`pipeline.io.movie.MovieWriter`. A PUB socket can offer the same frames
+to live viewers (``trackflow preview``).
+
+Entry points:
+
+- :func:`run` (``source``, ``output``, ``params``): one run of the workflow;
+- :func:`acquire`: the same as a function with keyword options
+  (``trackflow acquire``);
+- :func:`publish` / :func:`record`: the two ends, for a camera publishing
+  from another process or machine (``trackflow record``).
+
+Plugging in a camera: write a class with ``open()``, ``settings``,
+``frames()`` and ``close()`` (see :mod:`pipeline.acquire.camera`) and pass it
+to :func:`acquire` as the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import zmq
+
+from ..io.movie import Movie, MovieError, open_movie
+from ..io.tables import write_table
+from . import wire
+from .camera import Camera, CameraFrame, SimulatedCamera, paced
+from .preview import preview
+from .sources import ImageSequenceSource, TiffSource, ZarrSource, open_source
+from .stream import DEFAULT_HWM, Publisher, PublishStats, StreamError, publish
+from .writer import StreamReceiver, WriterProcess, record
+
+__all__ = [
+    "run",
+    "acquire",
+    "publish",
+    "record",
+    "preview",
+    "open_source",
+    "Camera",
+    "CameraFrame",
+    "SimulatedCamera",
+    "ImageSequenceSource",
+    "TiffSource",
+    "ZarrSource",
+    "Publisher",
+    "PublishStats",
+    "StreamReceiver",
+    "StreamError",
+    "WriterProcess",
+    "paced",
+    "wire",
+    "DEFAULTS",
+    "WRITER_KEYS",
+    "validate_params",
+]
+
+# The ``acquire`` config section: its keys and defaults (workflow/schemas/acquire.schema.yaml).
+DEFAULTS: dict[str, Any] = {
+    "frames_per_shard": None,  # None: about 64 MiB of raw frames per shard file
+    "clevel": 5,  # Blosc-LZ4 level
+    "compression_threads": None,  # None: all cores
+    "hwm": DEFAULT_HWM,  # frames queued on each side of the lossless socket
+    "pub_endpoint": None,  # PUB socket for live viewers (None: none)
+    "timeout_s": 30.0,  # silence that ends an interrupted stream
+    "transport": "ipc",  # "ipc" (Unix socket) or "tcp" (loopback) for the writer
+    "rate_fps": None,  # pace file/simulated sources like a free-running camera
+    "camera_buffer_frames": 64,  # with rate_fps: frames the emulated camera holds
+    "max_frame_bytes": wire.MAX_FRAME_BYTES,  # larger frames are refused
+}
+WRITER_KEYS = ("frames_per_shard", "clevel", "compression_threads", "hwm", "timeout_s", "max_frame_bytes")
+
+
+def validate_params(settings: Mapping[str, Any], where: str = "acquire") -> dict[str, Any]:
+    """The ``acquire`` section merged over :data:`DEFAULTS`; an unknown key or
+    a bad value is a ValueError naming it."""
+    unknown = [k for k in settings if k not in DEFAULTS]
+    if unknown:
+        raise ValueError(f"{where}: unknown parameter '{unknown[0]}' (known: {sorted(DEFAULTS)})")
+    merged = {**DEFAULTS, **{k: v for k, v in settings.items()}}
+    if merged["transport"] not in ("ipc", "tcp"):
+        raise ValueError(f"{where}: parameter 'transport' must be 'ipc' or 'tcp', got {merged['transport']!r}")
+    for key in ("hwm", "clevel", "camera_buffer_frames", "max_frame_bytes"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "clevel" else 1):
+            raise ValueError(f"{where}: parameter '{key}' must be a positive integer, got {value!r}")
+    for key in ("frames_per_shard", "compression_threads"):
+        value = merged[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{where}: parameter '{key}' must be a positive integer or null, got {value!r}")
+    for key in ("timeout_s", "rate_fps"):
+        value = merged[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"{where}: parameter '{key}' must be a positive number or null, got {value!r}")
+    return merged
+
+
+def _loopback_endpoint(transport: str) -> tuple[str, Path | None]:
+    """A fresh endpoint only this run uses (concurrent jobs never collide)."""
+    if transport == "ipc" and zmq.has("ipc"):
+        path = Path(tempfile.gettempdir()) / f"trackflow-{os.getpid()}-{uuid.uuid4().hex[:12]}.sock"
+        return f"ipc://{path}", path
+    return "tcp://127.0.0.1:*", None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler cancelling the job) unwinds like Ctrl-C, so the
+    writer is told to flush and the store is left readable."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def acquire(
+    source: Mapping[str, Any] | Camera,
+    output: str | os.PathLike,
+    *,
+    frames: int | None = None,
+    duration_s: float | None = None,
+    endpoint: str | None = None,
+    pub_endpoint: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    run: str | None = None,
+    **settings: Any,
+) -> Movie:
+    """Stream a source into a movie store, through the real sockets.
+
+    The writer runs in its own process, bound to ``endpoint`` (default: a
+    fresh loopback endpoint); this process reads the source and publishes.
+
+    Parameters
+    ----------
+    source : mapping or Camera
+        A source dict (see :func:`pipeline.acquire.sources.open_source`) or
+        a camera object.
+    output : path-like
+        The movie store (``movie.ome.zarr``).
+    frames : int, optional
+        Stop after this many frames.
+    duration_s : float, optional
+        Stop after this many seconds.
+    endpoint : str, optional
+        Where the writer binds; default ``ipc://`` in the temp directory or
+        ``tcp://127.0.0.1:*`` (``transport``).
+    pub_endpoint : str, optional
+        Offer the frames to live viewers on a PUB socket bound here.
+    overwrite : bool
+        Replace an existing store.
+    progress : bool
+        A live progress line on stderr (frames, fps, MB/s, dropped).
+    run : str, optional
+        Run name in the messages (default: the output's parent directory).
+    **settings
+        The ``acquire`` config keys (:data:`DEFAULTS`), except ``pub_endpoint``.
+
+    Returns
+    -------
+    Movie
+        The written store; ``movie.complete`` is false if the stream was
+        interrupted.
+    """
+    settings = validate_params(settings, "acquire")
+    pub_endpoint = pub_endpoint or settings.pop("pub_endpoint")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+    camera = open_source(source) if isinstance(source, Mapping) else source
+    if not isinstance(camera, Camera):
+        raise ValueError(f"source must be a source dict or a Camera (open/settings/frames/close), got {source!r}")
+    run = run or output.resolve().parent.name or "run"
+    ipc_path = None
+    if endpoint is None:
+        endpoint, ipc_path = _loopback_endpoint(settings["transport"])
+    acquisition = {
+        **{k: settings[k] for k in DEFAULTS if k != "pub_endpoint"},
+        "frames": frames,
+        "duration_s": duration_s,
+        "pub_endpoint": pub_endpoint,
+        "endpoint": endpoint,
+    }
+    camera.open()
+    writer = None
+    try:
+        metadata = dict(camera.settings)
+        for key in ("pixel_size_um", "frame_interval_s"):
+            if metadata.get(key) is None:
+                raise ValueError(f"acquire: the source's settings lack '{key}' ({camera!r})")
+        frames_expected = metadata.pop("frames_expected", None)
+        if frames is not None:
+            frames_expected = int(frames) if frames_expected is None else min(int(frames), int(frames_expected))
+        writer = WriterProcess(
+            endpoint,
+            output,
+            overwrite=overwrite,
+            run=run,
+            progress=progress,
+            acquisition=acquisition,
+            start_timeout_s=settings["timeout_s"],
+            **{k: settings[k] for k in WRITER_KEYS},
+        )
+        stream = camera.frames()
+        if settings["rate_fps"]:
+            stream = paced(
+                (f if isinstance(f, CameraFrame) else CameraFrame(f, i) for i, f in enumerate(stream)),
+                settings["rate_fps"],
+                buffer_frames=settings["camera_buffer_frames"],
+            )
+        with _sigterm_as_interrupt():
+            try:
+                publish(
+                    stream,
+                    writer.endpoint,
+                    run=run,
+                    metadata=metadata,
+                    frames_expected=frames_expected,
+                    max_frames=frames,
+                    duration_s=duration_s,
+                    pub_endpoint=pub_endpoint,
+                    hwm=settings["hwm"],
+                    alive=writer.alive,
+                )
+            except StreamError:
+                writer.wait()
+                raise writer.error("the writer process stopped during the stream") from None
+            except BaseException:
+                writer.terminate()  # it flushes what it has: complete false
+                raise
+            rc = writer.wait()
+        if rc != 0:
+            raise writer.error("the writer process failed")
+    finally:
+        camera.close()
+        if writer is not None and writer.alive():
+            writer.terminate()
+        if ipc_path is not None:
+            ipc_path.unlink(missing_ok=True)
+    return open_movie(output)
+
+
+def run(source: Mapping[str, Any], output: str | os.PathLike, params: Mapping[str, Any]) -> None:
+    """Acquire one run of the workflow: source → ``output`` (movie.ome.zarr).
+
+    Streams the whole source over a fresh loopback endpoint into ``output``
+    (replacing it if it exists) and, for a simulated source, writes the
+    ground truth to ``truth.parquet`` beside it.
+
+    Parameters
+    ----------
+    source : mapping
+        The run's source dict (``kind`` and its keys; see
+        :func:`pipeline.acquire.sources.open_source`).
+    output : path-like
+        The movie store to write.
+    params : mapping
+        The ``acquire`` config section (keys of :data:`DEFAULTS`).
+
+    Raises
+    ------
+    ValueError
+        An unknown parameter or source key, a missing physical scale.
+    MovieError
+        The stream ended incomplete.
+    """
+    params = dict(params or {})
+    settings = validate_params(params, "acquire")  # validates every key before anything runs
+    camera = open_source(source)
+    movie = acquire(camera, output, overwrite=True, **{k: settings[k] for k in params})
+    if not movie.complete:
+        raise MovieError(
+            f"{output}: the stream ended incomplete ({movie.attrs.get('interrupted') or 'no end of stream'}); "
+            f"{movie.attrs.get('frames_written')} frames written"
+        )
+    if isinstance(camera, SimulatedCamera):
+        write_table(
+            camera.truth,
+            Path(output).parent / "truth.parquet",
+            stage="acquire",
+            params=params,
+            extra={"source": dict(source), "movie": str(output)},
+        )

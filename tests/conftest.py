@@ -1,0 +1,65 @@
+"""Fixtures shared by the test files."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+# CI clones the repository with shared/ beside it
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def bulk_water_dir() -> Path:
+    """The 40 real frames of 1 µm latex spheres in water (640x424 RGBA PNG)."""
+    path = SHARED / "data" / "bulk_water"
+    if not any(path.glob("bulk_water_*.png")):
+        pytest.skip(f"real data missing: {path} (shared/ must sit beside the repository)")
+    return path
+
+
+# --- SLURM (tests/test_slurm.py, tests/test_distributed.py) -----------------
+def on_ci() -> bool:
+    """True on CI, where a service that cannot start fails its tests instead of skipping them."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str):
+    """Skip with ``reason`` locally; fail on CI (where every service must run)."""
+    if on_ci():
+        pytest.fail(f"{reason} (CI is set: this must work here)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict:
+    """A one-node SLURM cluster on this machine, started by tests/setup_slurm.sh
+    (idempotent: a cluster already up is reused). Yields its partition and the
+    job completion log, where every finished job leaves a line."""
+    setup = Path(__file__).resolve().parent / "setup_slurm.sh"
+    partition = os.environ.get("SLURM_PARTITION", "debug")
+    jobcomp_log = Path("/var/log/slurm/jobcomp.log")
+
+    def node_ready() -> bool:
+        try:
+            state = subprocess.run(
+                ["sinfo", "--noheader", "--partition", partition, "--format=%T"],
+                capture_output=True, text=True, timeout=20,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return state.returncode == 0 and any(
+            s.strip() in ("idle", "mixed", "allocated") for s in state.stdout.splitlines()
+        )
+
+    if not node_ready():
+        if os.geteuid() != 0:
+            skip_or_fail("SLURM is not running and starting it (tests/setup_slurm.sh) needs root")
+        if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+            skip_or_fail("SLURM is not installed and there is no apt-get to install it")
+        done = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=900)
+        if done.returncode != 0 or not node_ready():
+            skip_or_fail(f"tests/setup_slurm.sh could not start SLURM:\n{done.stdout}{done.stderr}")
+    return {"partition": partition, "jobcomp_log": jobcomp_log}
