@@ -1,6 +1,7 @@
 """Fixtures shared by the test files."""
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,11 +37,12 @@ def skip_or_fail(reason: str):
 @pytest.fixture(scope="session")
 def slurm_cluster() -> dict:
     """A one-node SLURM cluster on this machine, started by tests/setup_slurm.sh
-    (idempotent: a cluster already up is reused). Yields its partition and the
-    job completion log, where every finished job leaves a line."""
+    (idempotent: a cluster already up is reused). Returns its partition and the
+    job completion log, where every finished job leaves a line (read from
+    ``scontrol show config``)."""
     setup = Path(__file__).resolve().parent / "setup_slurm.sh"
     partition = os.environ.get("SLURM_PARTITION", "debug")
-    jobcomp_log = Path("/var/log/slurm/jobcomp.log")
+    jobcomp_log = Path("/var/log/slurm/jobcomp.log")  # tests/setup_slurm.sh's JobCompLoc
 
     def node_ready() -> bool:
         try:
@@ -62,4 +64,9 @@ def slurm_cluster() -> dict:
         done = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=900)
         if done.returncode != 0 or not node_ready():
             skip_or_fail(f"tests/setup_slurm.sh could not start SLURM:\n{done.stdout}{done.stderr}")
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    settings = dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", config, re.M))
+    if settings.get("JobCompType") != "jobcomp/filetxt":
+        skip_or_fail(f"this SLURM keeps no job completion log (JobCompType={settings.get('JobCompType')})")
+    jobcomp_log = Path(settings.get("JobCompLoc", jobcomp_log))
     return {"partition": partition, "jobcomp_log": jobcomp_log}
