@@ -16,7 +16,7 @@ segmentation at t+1:
    (:func:`pipeline.link.flow.pair_costs`), one-to-one assignment below
    ``cost_cutoff`` (:func:`pipeline.link.flow.assign`). The prediction is
    each piece's position moved by the flow of its *neighbours* (never its
-   own step; :class:`pipeline.link.flowfield.FlowField`, shrunk towards zero
+   own step; :class:`pipeline.flowfield.FlowField`, shrunk towards zero
    where the neighbours disagree): first the previous pair's flow, then this
    pair's, re-matching until the matches stop changing. Candidates are
    gated around the predicted *and* the current position (the nearer
@@ -77,8 +77,8 @@ from scipy.spatial import cKDTree
 
 from .io.movie import Movie, MovieError, create_movie, open_movie
 from .io.tables import write_table
-from .link.flow import assign, candidate_pairs, pair_costs
-from .link.flowfield import FlowField
+from .flowfield import FlowField
+from .matching import assign, candidate_pairs, pair_costs
 
 __all__ = [
     "DEFAULTS",

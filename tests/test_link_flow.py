@@ -226,7 +226,7 @@ def test_linear_interpolation_is_exact_for_rotation_at_the_edge():
     field = pd.DataFrame({"y": p[:, 0], "x": p[:, 1], "dy": omega * (p[:, 1] - 50), "dx": -omega * (p[:, 0] - 50), "cost": 0.0})
     corner = np.array([[2.0, 2.0]])
     truth = [omega * (2 - 50), -omega * (2 - 50)]
-    from pipeline.link.flowfield import FlowField
+    from pipeline.flowfield import FlowField
 
     ff = FlowField(p, field[["dy", "dx"]].to_numpy())
     linear = ff.at(corner, 30, order=1)[0]
@@ -361,7 +361,7 @@ def test_schema_documents_every_flow_key():
 
 
 def test_appearance_weights_follow_how_well_a_column_separates_particles():
-    from pipeline.link.flow import appearance_weights
+    from pipeline.matching import appearance_weights
 
     rng = np.random.default_rng(9)
     # column 0 varies 10x less along a track than between particles; column 1 is pure noise
