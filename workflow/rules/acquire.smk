@@ -1,0 +1,45 @@
+# acquire: a run's source -> results/{run}/movie.ome.zarr
+#
+# The store is a directory() output: Snakemake deletes it when the job
+# fails, and the script raises unless the store is marked complete, so a
+# half-written movie is never taken as done. Simulated sources also write
+# their ground truth; that is why they have a rule of their own.
+
+
+rule acquire:
+    input:
+        acquire_input,
+    output:
+        movie=directory(run_path("movie.ome.zarr")),
+    params:
+        source=acquire_source,
+        stage=section_params("acquire"),
+        version=VERSION,
+    threads: config["compute"]["threads"]
+    resources:
+        **stage_resources("acquire"),
+    log:
+        log_path("acquire"),
+    wildcard_constraints:
+        run=_alternatives(IMPORTED),
+    script:
+        "../scripts/acquire.py"
+
+
+rule acquire_simulated:
+    output:
+        movie=directory(run_path("movie.ome.zarr")),
+        truth=run_path("truth.parquet"),
+    params:
+        source=acquire_source,
+        stage=section_params("acquire"),
+        version=VERSION,
+    threads: config["compute"]["threads"]
+    resources:
+        **stage_resources("acquire"),
+    log:
+        log_path("acquire_simulated"),
+    wildcard_constraints:
+        run=_alternatives(SIMULATED),
+    script:
+        "../scripts/acquire.py"

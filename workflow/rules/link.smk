@@ -1,0 +1,21 @@
+# link: refined features -> results/{run}/tracks.parquet, and flow.parquet
+# (the accepted links' displacement vectors, for any method: the flow
+# linker's field, and what segment/reassign will read)
+
+
+rule link:
+    input:
+        movie=run_path("movie.ome.zarr"),
+        features=run_path("refined.parquet"),
+    output:
+        tracks=run_path("tracks.parquet"),
+        flow=run_path("flow.parquet"),
+    params:
+        stage=section_params("link"),
+        version=VERSION,
+    resources:
+        **stage_resources("link"),
+    log:
+        log_path("link"),
+    script:
+        "../scripts/link.py"

@@ -1,0 +1,20 @@
+# refine: features -> results/{run}/refined.parquet (least squares; method
+# 'none' passes the features through)
+
+
+rule refine:
+    input:
+        movie=run_path("movie.ome.zarr"),
+        features=run_path("features.parquet"),
+    output:
+        refined=run_path("refined.parquet"),
+    params:
+        stage=section_params("refine"),
+        version=VERSION,
+    threads: config["compute"]["threads"]
+    resources:
+        **stage_resources("refine"),
+    log:
+        log_path("refine"),
+    script:
+        "../scripts/refine.py"

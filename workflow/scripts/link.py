@@ -1,0 +1,29 @@
+"""Rule link: refined.parquet -> tracks.parquet, flow.parquet."""
+
+import logging
+
+from pipeline.link import run
+
+
+def main(smk) -> None:
+    logging.basicConfig(
+        filename=smk.log[0],
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        force=True,
+    )
+    logging.captureWarnings(True)
+
+    run(
+        smk.input.features,
+        smk.output.tracks,
+        smk.params.stage,
+        movie=smk.input.movie,
+        flow_output=smk.output.flow,
+    )
+
+
+# The guard matters: worker processes of Dask's 'processes' scheduler import
+# this file again (as __mp_main__), where Snakemake's `snakemake` is undefined.
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (defined by Snakemake's script preamble)

@@ -1,0 +1,31 @@
+"""Rule locate: movie.ome.zarr -> features.parquet."""
+
+import logging
+
+from pipeline.locate import run
+
+
+def main(smk) -> None:
+    logging.basicConfig(
+        filename=smk.log[0],
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        force=True,
+    )
+    logging.captureWarnings(True)
+
+    # compute comes from the config, not from params: changing the scheduler
+    # does not re-run the science
+    run(
+        smk.input.movie,
+        smk.output.features,
+        smk.params.stage,
+        compute=smk.config["compute"],
+        threads=smk.threads,
+    )
+
+
+# The guard matters: worker processes of Dask's 'processes' scheduler import
+# this file again (as __mp_main__), where Snakemake's `snakemake` is undefined.
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (defined by Snakemake's script preamble)

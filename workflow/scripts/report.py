@@ -1,0 +1,23 @@
+"""Rule report: every run and group -> report/index.html."""
+
+import logging
+
+from pipeline.report import run
+
+
+def main(smk) -> None:
+    logging.basicConfig(
+        filename=smk.log[0],
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        force=True,
+    )
+    logging.captureWarnings(True)
+
+    run(smk.params.runs, smk.output.html, smk.params.stage)
+
+
+# The guard matters: worker processes of Dask's 'processes' scheduler import
+# this file again (as __mp_main__), where Snakemake's `snakemake` is undefined.
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (defined by Snakemake's script preamble)

@@ -1,0 +1,30 @@
+"""Rule size_group: the runs of a replicate group merged -> groups/{group}/."""
+
+import logging
+
+from pipeline.sizing import run_group
+
+
+def main(smk) -> None:
+    logging.basicConfig(
+        filename=smk.log[0],
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        force=True,
+    )
+    logging.captureWarnings(True)
+
+    run_group(
+        smk.wildcards.group,
+        list(smk.input.distributions),
+        list(smk.input.summaries),
+        smk.output.distribution,
+        smk.output.summary,
+        smk.params.stage,
+    )
+
+
+# The guard matters: worker processes of Dask's 'processes' scheduler import
+# this file again (as __mp_main__), where Snakemake's `snakemake` is undefined.
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (defined by Snakemake's script preamble)
