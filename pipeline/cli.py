@@ -18,9 +18,21 @@ import yaml
 
 from . import __version__
 
-__all__ = ["main", "build_parser", "stage_params"]
+__all__ = ["main", "build_parser", "stage_params", "log_to_file"]
 
 log = logging.getLogger("trackflow")
+
+
+def log_to_file(path: str) -> None:
+    """Send this process's log (and Python warnings) to ``path``: a
+    Snakemake job's ``log:`` file, in the same format as the command line."""
+    logging.basicConfig(
+        filename=path,
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        force=True,
+    )
+    logging.captureWarnings(True)
 
 
 def add_params_options(parser: argparse.ArgumentParser) -> None:
@@ -311,6 +323,45 @@ def _register_locate(sub: Any) -> None:
 # --- refine ----------------------------------------------------------------
 # (commands of the refine stage go here)
 
+
+@command
+def _register_refine(sub: Any) -> None:
+    parser = sub.add_parser(
+        "refine",
+        help="least-squares refinement of located features (trackpy.refine_leastsq, Dask-parallel)",
+        description=(
+            "Refine the features of MOVIE (FEATURES, written by `trackflow locate`) by "
+            "least-squares fits of clustered features and write refined.parquet. "
+            "Parameters: the config's `refine` section (method, diameter (null: locate's), "
+            "fit_function, param_mode, ..., max_failed_fraction); compute: the `compute` "
+            "section or the options below."
+        ),
+    )
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
+    parser.add_argument("features", metavar="FEATURES", help="features table (features.parquet)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="refined table to write (.parquet)")
+    add_params_options(parser)
+    add_compute_options(parser)
+
+    def refine_command(args: argparse.Namespace) -> int:
+        from .refine import DEFAULT_PARAMS, failure_summary, run
+
+        params = stage_params(args, "refine")
+        refined = run(
+            args.movie, args.features, args.output, params,
+            compute=compute_params(args), threads=args.threads,
+        )
+        limit = params.get("max_failed_fraction", DEFAULT_PARAMS["max_failed_fraction"])
+        summary = failure_summary(refined, max_failed_fraction=limit)
+        flag = f" (above max_failed_fraction {limit})" if summary["failed_fraction_exceeded"] else ""
+        print(
+            f"{args.output}: {summary['n_features']} features, {summary['n_fits']} fits, "
+            f"{summary['n_failed']} failed{flag}"
+        )
+        return 0
+
+    parser.set_defaults(func=refine_command)
+
 # --- link ------------------------------------------------------------------
 # (commands of the link stage go here)
 
@@ -363,6 +414,9 @@ def _register_size(sub: Any) -> None:
     p.add_argument("--sizes", help="sizes table to write (default: sizes.parquet beside TRACKS)")
     p.add_argument("--distribution", help="distribution CSV (default: distribution.csv beside TRACKS)")
     p.add_argument("--summary", help="summary JSON (default: summary.json beside TRACKS)")
+    p.add_argument(
+        "--summary-csv", help="headline figures as NTA-style CSV (default: summary.csv beside TRACKS)"
+    )
     add_params_options(p)
 
     def run_size(args: argparse.Namespace) -> int:
@@ -378,6 +432,7 @@ def _register_size(sub: Any) -> None:
             args.distribution or here / "distribution.csv",
             args.summary or here / "summary.json",
             stage_params(args, "size"),
+            summary_csv=args.summary_csv or here / "summary.csv",
         )
         ci = summary.get("d50_ci_nm") or [None, None]
         print(
@@ -418,6 +473,7 @@ def _register_size_group(sub: Any) -> None:
             out / "distribution.csv",
             out / "summary.json",
             stage_params(args, "size"),
+            summary_csv=out / "summary.csv",
         )
         print(
             f"group {args.group}: {summary['n_replicates']} runs, mode "
@@ -468,8 +524,75 @@ def _register_report(sub: Any) -> None:
 # --- segment ---------------------------------------------------------------
 # (commands of the segment stage go here)
 
+
+@command
+def _register_segment(sub: Any) -> None:
+    parser = sub.add_parser(
+        "segment",
+        help="label the objects of every frame (labels.ome.zarr, Dask-parallel)",
+        description=(
+            "Segment every frame of MOVIE (smooth, threshold, fill holes, connected components, "
+            "minimum size) and write an int32 label store with the movie's axes, chunks and scale. "
+            "Parameters: the config's `segment` section; compute: the `compute` section or the "
+            "options below."
+        ),
+    )
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
+    parser.add_argument("-o", "--output", required=True, metavar="STORE", help="label store to write (labels.ome.zarr)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing label store")
+    add_params_options(parser)
+    add_compute_options(parser)
+
+    def segment_command(args: argparse.Namespace) -> int:
+        from .segment import run
+
+        labels = run(
+            args.movie,
+            args.output,
+            stage_params(args, "segment"),
+            compute=compute_params(args),
+            threads=args.threads,
+            overwrite=args.overwrite,
+        )
+        print(f"{args.output}: {labels.attrs.get('n_objects')} objects in {len(labels)} frames")
+        return 0
+
+    parser.set_defaults(func=segment_command)
+
 # --- reassign --------------------------------------------------------------
 # (commands of the reassign stage go here)
+
+
+@command
+def _register_reassign(sub: Any) -> None:
+    parser = sub.add_parser(
+        "reassign",
+        help="carry object labels through time (reassigned.ome.zarr, objects.parquet)",
+        description=(
+            "Give the objects of LABELS (the segment stage's store) identities that persist "
+            "through time, by flow-guided voxel matching between consecutive frames, and write "
+            "the reassigned label store and a per-label, per-frame table (centroid, volume, "
+            "velocity). Parameters: the config's `reassign` section."
+        ),
+    )
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
+    parser.add_argument("labels", metavar="LABELS", help="label store (labels.ome.zarr)")
+    parser.add_argument("-o", "--output", required=True, metavar="STORE", help="label store to write (reassigned.ome.zarr)")
+    parser.add_argument("--table", required=True, metavar="FILE", help="per-label table to write (objects.parquet)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    add_params_options(parser)
+
+    def reassign_command(args: argparse.Namespace) -> int:
+        from .reassign import run
+
+        objects = run(
+            args.movie, args.labels, args.output, args.table, stage_params(args, "reassign"),
+            overwrite=args.overwrite,
+        )
+        print(f"{args.output}: {objects['label'].nunique()} labels over {objects['frame'].nunique()} frames; {args.table}")
+        return 0
+
+    parser.set_defaults(func=reassign_command)
 
 # --- workflow --------------------------------------------------------------
 # (commands of the workflow stage go here)

@@ -1,19 +1,12 @@
 """Rule acquire / acquire_simulated: a run's source -> movie.ome.zarr (+ truth.parquet)."""
 
-import logging
-
+from pipeline.cli import log_to_file
 from pipeline.acquire import run
 from pipeline.io.movie import MovieError, open_movie
 
 
 def main(smk) -> None:
-    logging.basicConfig(
-        filename=smk.log[0],
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        force=True,
-    )
-    logging.captureWarnings(True)
+    log_to_file(smk.log[0])
 
     movie_path = smk.output.movie
     run(smk.params.source, movie_path, smk.params.stage)

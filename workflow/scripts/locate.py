@@ -1,18 +1,11 @@
 """Rule locate: movie.ome.zarr -> features.parquet."""
 
-import logging
-
+from pipeline.cli import log_to_file
 from pipeline.locate import run
 
 
 def main(smk) -> None:
-    logging.basicConfig(
-        filename=smk.log[0],
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        force=True,
-    )
-    logging.captureWarnings(True)
+    log_to_file(smk.log[0])
 
     # compute comes from the config, not from params: changing the scheduler
     # does not re-run the science

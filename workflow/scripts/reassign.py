@@ -1,19 +1,12 @@
 """Rule reassign: labels.ome.zarr (+ movie.ome.zarr) -> reassigned.ome.zarr, objects.parquet."""
 
-import logging
-
+from pipeline.cli import log_to_file
 from pipeline.io.movie import MovieError, open_movie
 from pipeline.reassign import run
 
 
 def main(smk) -> None:
-    logging.basicConfig(
-        filename=smk.log[0],
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        force=True,
-    )
-    logging.captureWarnings(True)
+    log_to_file(smk.log[0])
 
     run(
         smk.input.movie,

@@ -1,18 +1,11 @@
 """Rule refine: features.parquet -> refined.parquet."""
 
-import logging
-
+from pipeline.cli import log_to_file
 from pipeline.refine import run
 
 
 def main(smk) -> None:
-    logging.basicConfig(
-        filename=smk.log[0],
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        force=True,
-    )
-    logging.captureWarnings(True)
+    log_to_file(smk.log[0])
 
     run(
         smk.input.movie,

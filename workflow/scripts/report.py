@@ -1,18 +1,11 @@
 """Rule report: every run and group -> report/index.html."""
 
-import logging
-
+from pipeline.cli import log_to_file
 from pipeline.report import run
 
 
 def main(smk) -> None:
-    logging.basicConfig(
-        filename=smk.log[0],
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        force=True,
-    )
-    logging.captureWarnings(True)
+    log_to_file(smk.log[0])
 
     run(smk.params.runs, smk.output.html, smk.params.stage)
 

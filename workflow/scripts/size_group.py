@@ -1,18 +1,11 @@
 """Rule size_group: the runs of a replicate group merged -> groups/{group}/."""
 
-import logging
-
+from pipeline.cli import log_to_file
 from pipeline.sizing import run_group
 
 
 def main(smk) -> None:
-    logging.basicConfig(
-        filename=smk.log[0],
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        force=True,
-    )
-    logging.captureWarnings(True)
+    log_to_file(smk.log[0])
 
     run_group(
         smk.wildcards.group,

@@ -1,0 +1,357 @@
+"""The locate stage: find features in every frame of a movie with trackpy.
+
+Crocker & Grier's algorithm (J. Colloid Interface Sci. 179:298, 1996) as
+implemented by ``trackpy.locate``: bandpass, local maxima by grey dilation,
+iterative centroid refinement. The movie is cut into ranges of whole frames
+(trackpy's percentile threshold is per image, so a frame is never split)
+that Dask locates in parallel; the result is row for row what
+``trackpy.batch`` returns for the same frames, with ``frame`` first and the
+frame numbers of the movie (``batch`` counts from 0 in every call).
+
+Frames the movie lists as dropped (they never arrived; the store holds
+zeros there) are skipped, not located.
+
+Output columns: ``frame, [z,] y, x, mass, size, ecc, signal, raw_mass, ep``
+(anisotropic 3D: ``size_z, size_y, size_x`` and, with anisotropic noise,
+``ep_z, ep_y, ep_x``); without ``characterize``: ``frame, [z,] y, x, mass``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .compute import map_frame_chunks
+from .io.movie import Movie, MovieError, open_movie
+from .io.tables import write_table
+
+__all__ = [
+    "TRACKPY_OPTIONS",
+    "DEFAULT_PARAMS",
+    "locate_frames",
+    "locate_movie",
+    "empty_features",
+    "run",
+]
+
+log = logging.getLogger("trackflow.locate")
+
+#: trackpy.locate's keyword arguments with trackpy's own defaults (besides
+#: ``diameter``). ``filter_before``/``filter_after`` are left out: trackpy
+#: rejects or ignores them.
+TRACKPY_OPTIONS: dict[str, Any] = {
+    "minmass": None,
+    "maxsize": None,
+    "separation": None,
+    "noise_size": 1,
+    "smoothing_size": None,
+    "threshold": None,
+    "invert": False,
+    "percentile": 64,
+    "topn": None,
+    "preprocess": True,
+    "max_iterations": 10,
+    "characterize": True,
+    "engine": "auto",
+}
+
+#: The ``locate`` config section with its defaults.
+DEFAULT_PARAMS: dict[str, Any] = {"diameter": 11, **TRACKPY_OPTIONS, "frames_per_task": None}
+
+
+def _per_axis(name: str, value: Any, ndim: int) -> tuple:
+    values = tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else (value,) * ndim
+    if len(values) != ndim:
+        raise ValueError(
+            f"locate: {name} {list(values)} needs one value per spatial axis ({ndim}) or a single value"
+        )
+    return values
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return float(value).is_integer() and int(value) >= minimum
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_options(diameter: Any, options: Mapping[str, Any], ndim: int) -> dict[str, Any]:
+    """Validate trackpy options once, at the boundary; errors name the key."""
+    unknown = sorted(set(options) - set(TRACKPY_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"locate: unknown parameter(s) {unknown}; known: {['diameter', *TRACKPY_OPTIONS]}"
+        )
+    if ndim not in (2, 3):
+        raise ValueError(f"locate: frames must be 2D or 3D, got {ndim} spatial dimensions")
+    diameters = _per_axis("diameter", diameter, ndim)
+    if not all(_is_int(d, 1) and int(d) % 2 == 1 for d in diameters):
+        raise ValueError(
+            f"locate: diameter must be an odd positive integer, or one per axis, got {diameter!r}"
+        )
+    per_axis = isinstance(diameter, (list, tuple, np.ndarray))
+    checked: dict[str, Any] = {
+        "diameter": tuple(int(d) for d in diameters) if per_axis else int(diameter)
+    }
+    for key, value in options.items():
+        if key in ("separation", "noise_size", "smoothing_size") and isinstance(value, (list, np.ndarray)):
+            value = _per_axis(key, value, ndim)  # trackpy wants a tuple, YAML gives a list
+        checked[key] = value
+    if len(set(diameters)) > 1 and checked.get("maxsize") is not None:
+        raise ValueError(
+            "locate: maxsize cannot be used with an anisotropic diameter (trackpy has no single size then)"
+        )
+    for key, minimum in (("topn", 1), ("max_iterations", 0)):
+        value = checked.get(key)
+        if value is not None and not _is_int(value, minimum):
+            raise ValueError(f"locate: {key} must be an integer >= {minimum}, got {value!r}")
+    percentile = checked.get("percentile", 64)
+    if not isinstance(percentile, (int, float, np.number)) or not 0 <= percentile <= 100:
+        raise ValueError(f"locate: percentile must be a number within 0..100, got {percentile!r}")
+    if checked.get("engine", "auto") not in ("auto", "python", "numba"):
+        raise ValueError(
+            f"locate: engine must be 'auto', 'python' or 'numba', got {checked['engine']!r}"
+        )
+    return checked
+
+
+def empty_features(ndim: int, *, diameter: Any, **trackpy_options: Any) -> pd.DataFrame:
+    """The zero-row table ``locate`` returns when no feature is found, with the
+    columns and dtypes a non-empty result would have for these options."""
+    import trackpy
+
+    options = _check_options(diameter, trackpy_options, ndim)
+    radius = tuple(d // 2 for d in _per_axis("diameter", options["diameter"], ndim))
+    blank = np.zeros(tuple(4 * r + 3 for r in radius), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Image is completely black"
+        columns = list(trackpy.locate(blank, **options).columns)
+    positions = ["z", "y", "x"][-ndim:]
+    if options.get("characterize", True):
+        # trackpy appends the static error only when there are features: one
+        # column, or one per axis if radius or noise_size is anisotropic
+        noise = _per_axis("noise_size", options.get("noise_size", 1), ndim)
+        isotropic = len(set(radius)) == 1 and len(set(noise)) == 1
+        columns += ["ep"] if isotropic else [f"ep_{axis}" for axis in positions]
+    table = pd.DataFrame({"frame": pd.Series(dtype="int64")})
+    for column in columns:
+        table[column] = pd.Series(dtype="float64")
+    return table
+
+
+def _locate_each(
+    frames: np.ndarray, frame_numbers: Sequence[int], options: Mapping[str, Any]
+) -> pd.DataFrame | None:
+    """trackpy.locate on each frame, numbered; None if nothing was found."""
+    import trackpy
+
+    found = []
+    for frame_no, image in zip(frame_numbers, frames):
+        features = trackpy.locate(image, **options)
+        if len(features):  # as trackpy.batch: frames without features add no rows
+            features.insert(0, "frame", np.int64(frame_no))
+            found.append(features)
+    if not found:
+        return None
+    return pd.concat(found, ignore_index=True)
+
+
+def locate_frames(
+    frames: np.ndarray, first_frame: int = 0, *, diameter: Any, **trackpy_options: Any
+) -> pd.DataFrame:
+    """Locate features in consecutive frames with ``trackpy.locate``.
+
+    Parameters
+    ----------
+    frames : ndarray, (t, y, x) or (t, z, y, x)
+        The images, any integer or float dtype.
+    first_frame : int
+        Frame number of ``frames[0]`` in the movie: rows are numbered from it.
+    diameter : odd int or sequence of odd ints
+        Feature extent in pixels, one value per spatial axis for anisotropic
+        voxels (``(z, y, x)`` order).
+    **trackpy_options
+        Any of :data:`TRACKPY_OPTIONS` (``minmass``, ``maxsize``,
+        ``separation``, ``noise_size``, ``smoothing_size``, ``threshold``,
+        ``invert``, ``percentile``, ``topn``, ``preprocess``,
+        ``max_iterations``, ``characterize``, ``engine``), as in
+        ``trackpy.locate``.
+
+    Returns
+    -------
+    DataFrame
+        ``frame`` first, then trackpy's columns (positions in pixels), rows in
+        frame order; equal to ``trackpy.batch(frames, diameter, ...)`` with
+        ``first_frame`` added to ``frame``. Zero rows (with these columns) if
+        no feature was found.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim not in (3, 4):
+        raise ValueError(
+            f"locate: frames must be (t, y, x) or (t, z, y, x), got an array of shape {frames.shape}"
+        )
+    options = _check_options(diameter, trackpy_options, frames.ndim - 1)
+    numbers = range(int(first_frame), int(first_frame) + len(frames))
+    found = _locate_each(frames, numbers, options)
+    return found if found is not None else empty_features(frames.ndim - 1, **options)
+
+
+def _locate_chunk(
+    frames: np.ndarray, first_frame: int, *, dropped: Iterable[int], options: Mapping[str, Any]
+) -> pd.DataFrame | None:
+    """One Dask task: the frames of one range, less the dropped ones."""
+    numbers = np.arange(first_frame, first_frame + len(frames))
+    keep = ~np.isin(numbers, np.asarray(list(dropped), dtype=np.int64))
+    if not keep.any():
+        return None
+    return _locate_each(frames[keep], numbers[keep].tolist(), options)
+
+
+def _open(movie: Movie | str | os.PathLike) -> Movie:
+    movie = movie if isinstance(movie, Movie) else open_movie(movie)
+    if len(movie) == 0:
+        raise MovieError(f"{movie.path}: the movie has no frames, nothing to locate")
+    return movie
+
+
+def locate_movie(
+    movie: Movie | str | os.PathLike,
+    *,
+    compute: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+    frames_per_task: int | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Locate features in every frame of a movie store, in parallel.
+
+    Parameters
+    ----------
+    movie : Movie or path
+        An OME-Zarr movie store (``movie.ome.zarr``).
+    compute : mapping, optional
+        The ``compute`` config section (scheduler, address, ...); see
+        :func:`pipeline.compute.dask_scheduler`.
+    threads : int, optional
+        Local workers (default: the available cores).
+    frames_per_task : int, optional
+        Frames per Dask task (default: one shard, or fewer for short movies).
+    **options
+        ``diameter`` (required) and the trackpy options of :func:`locate_frames`.
+
+    Returns
+    -------
+    DataFrame
+        As :func:`locate_frames` on all frames, skipping the movie's dropped
+        frames. A warning is logged if no feature was found.
+    """
+    movie = _open(movie)
+    if "diameter" not in options:
+        raise ValueError("locate: the parameter 'diameter' is required")
+    options = _check_options(options.pop("diameter"), options, movie.ndim)
+    if frames_per_task is not None and not _is_int(frames_per_task, 1):
+        raise ValueError(
+            f"locate: frames_per_task must be a positive integer or null, got {frames_per_task!r}"
+        )
+    if not movie.complete:
+        log.warning(
+            "%s is not marked complete (acquisition interrupted?); locating its %d frames",
+            movie.path, len(movie),
+        )
+    dropped = sorted(int(i) for i in movie.dropped_frames if 0 <= i < len(movie))
+    if dropped:
+        log.info("%s: skipping %d dropped frame(s)", movie.path, len(dropped))
+    if len(dropped) == len(movie):
+        features = None
+    else:
+        def dropped_in(start: int, stop: int) -> dict | None:
+            """Each task gets only its own dropped frames; a range of nothing
+            but dropped frames is not even read."""
+            inside = [i for i in dropped if start <= i < stop]
+            return None if len(inside) == stop - start else {"dropped": inside}
+
+        features = map_frame_chunks(
+            _locate_chunk,
+            movie,
+            compute=compute,
+            threads=threads,
+            frames_per_task=frames_per_task,
+            chunk_kwargs=dropped_in,
+            options=options,
+        )
+    if features is None or len(features) == 0:
+        log.warning(
+            "%s: no features found in %d frame(s); check diameter and minmass", movie.path, len(movie)
+        )
+        return empty_features(movie.ndim, **options)
+    return features
+
+
+def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ValueError(
+            f"locate: unknown parameter(s) {unknown} in the locate section; known: {list(DEFAULT_PARAMS)}"
+        )
+    return {**DEFAULT_PARAMS, **params}
+
+
+def run(
+    movie: str | os.PathLike,
+    output: str | os.PathLike,
+    params: Mapping[str, Any] | None,
+    compute: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """The locate stage: ``movie.ome.zarr`` -> ``features.parquet``.
+
+    Parameters
+    ----------
+    movie : path
+        The movie store.
+    output : path
+        The features table to write (Parquet, with provenance).
+    params : mapping
+        The ``locate`` config section (keys of :data:`DEFAULT_PARAMS`; missing
+        keys take those defaults, unknown keys are an error).
+    compute : mapping, optional
+        The ``compute`` config section.
+    threads : int, optional
+        Local workers (a Snakemake rule's ``threads``).
+
+    Returns
+    -------
+    DataFrame
+        The features written.
+    """
+    resolved = _resolve_params(params)
+    opened = _open(movie)
+    options = {k: v for k, v in resolved.items() if k != "frames_per_task"}
+    features = locate_movie(
+        opened, compute=compute, threads=threads, frames_per_task=resolved["frames_per_task"], **options
+    )
+    dropped = [int(i) for i in opened.dropped_frames]
+    write_table(
+        features,
+        output,
+        stage="locate",
+        params=resolved,
+        extra={
+            "movie": str(opened.path),
+            "n_frames": len(opened),
+            "dropped_frames": dropped,
+            "n_features": len(features),
+        },
+    )
+    log.info(
+        "%s: %d features in %d frames (%d dropped) -> %s",
+        opened.path, len(features), len(opened), len(dropped), output,
+    )
+    return features
