@@ -23,15 +23,13 @@ from pipeline.io import MovieError, create_movie, open_movie, read_table, table_
 from pipeline.io.config import validate_config
 from pipeline.reassign import (
     DEFAULTS,
-    label_colours,
-    label_lifetimes,
     match_by_overlap,
     measure_objects,
-    montage_png,
     reassign_labels,
     reassign_movie,
     run,
 )
+from pipeline.report.objects import label_colours, label_lifetimes, montage_png
 from pipeline.simulate.objects import simulate_objects
 
 REPO = Path(__file__).resolve().parents[1]

@@ -212,3 +212,30 @@ def test_cli_report(tmp_path, capsys):
     assert (tmp_path / "report" / "a.html").exists() and (tmp_path / "report" / "b.html").exists()
     assert main(["report", str(tmp_path / "a"), "-o", str(out), "--group", "zz=pair"]) == 2
     assert "--group" in capsys.readouterr().err
+
+
+def test_segmented_run_shows_its_objects(tmp_path):
+    """A run that went through segment and reassign gets a montage of its
+    reassigned labels and the labels' lifetimes, read from the stage outputs."""
+    from pipeline import reassign, segment
+    from pipeline.simulate import simulate_objects
+
+    results = tmp_path / "results"
+    run_dir = make_run(results, "cells")
+    frames, _, _ = simulate_objects(shape=(48, 64), n_frames=6, n_objects=4, radius_px=(5, 7),
+                                    displacement_px=2.0, pixel_size_um=(0.2, 0.2), seed=3)
+    movie = run_dir / "movie.ome.zarr"  # the run's own movie: the objects' frames
+    from pipeline.io import write_movie
+
+    write_movie(movie, frames, pixel_size_um=0.2, frame_interval_s=0.5, overwrite=True)
+    segment.run(movie, tmp_path / "labels.ome.zarr", {}, compute={"scheduler": "synchronous"})
+    reassign.run(movie, tmp_path / "labels.ome.zarr", run_dir / "reassigned.ome.zarr",
+                 run_dir / "objects.parquet", {})
+    run([{"run": "cells", "group": None, "dir": str(run_dir)}], results / "report" / "index.html", {})
+    page = (results / "report" / "cells.html").read_text()
+    assert_self_contained(page)
+    assert "Objects (segment and reassign)" in page and "label lifetimes" in page
+    assert page.count(DATA_PNG) == 4  # the three run figures and the montage
+    # runs without objects get no such section
+    plain = make_run(results, "beads")
+    assert "Objects (segment and reassign)" not in render_run(plain)

@@ -18,6 +18,7 @@ errors naming the file.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import json
 import logging
@@ -34,7 +35,7 @@ import pandas as pd
 from .. import __version__
 from ..io.movie import Movie, open_movie
 from ..io.tables import position_columns, read_table, table_metadata
-from . import figures
+from . import figures, objects
 from .html import NA, figure, fmt, page, section, table
 
 __all__ = ["run", "render_run", "render_index", "load_run", "RunData", "DEFAULTS"]
@@ -93,6 +94,7 @@ class RunData:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     provenance: dict[str, dict] = field(default_factory=dict)
     movie: Movie | None = None
+    reassigned: Movie | None = None
     missing: list[str] = field(default_factory=list)
 
 
@@ -124,6 +126,12 @@ def load_run(run_dir: str | os.PathLike, *, name: str | None = None, group: str 
             data.provenance[f"{stem}.parquet"] = table_metadata(path)
         elif stem not in ("flow", "truth", "refined"):  # optional by design
             data.missing.append(path.name)
+    objects = run_dir / "objects.parquet"
+    if objects.exists():  # segment + reassign ran for this run
+        data.tables["objects"] = read_table(objects, required=("frame", "label"))
+        data.provenance[objects.name] = table_metadata(objects)
+        reassigned = run_dir / "reassigned.ome.zarr"
+        data.reassigned = open_movie(reassigned) if reassigned.exists() else None
     movie = run_dir / "movie.ome.zarr"
     if movie.exists():
         data.movie = open_movie(movie)
@@ -366,6 +374,34 @@ def _acquisition(data: RunData) -> str:
     return section("Acquisition", table(rows, ("key", "value")))
 
 
+def _objects(data: RunData) -> str:
+    """Segmented objects (segment + reassign), when the run has them."""
+    table_ = data.tables.get("objects")
+    if table_ is None:
+        return ""
+    parts = []
+    if data.reassigned is not None:
+        png = objects.montage_png(data.reassigned, data.movie)
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        parts.append(figure(uri, "Reassigned labels on a few frames: one colour per identity throughout the movie.", ""))
+    lifetimes = objects.label_lifetimes(
+        table_, frame_interval_s=data.movie.frame_interval_s if data.movie is not None else None
+    )
+    if len(lifetimes):
+        rows = [
+            ("labels", fmt(len(lifetimes))),
+            ("frames per label (median, max)", f"{fmt(lifetimes['n_frames'].median())}, {fmt(lifetimes['n_frames'].max())}"),
+            ("lifetime (median, s)", fmt(lifetimes["lifetime_s"].median(), ".3g")),
+        ]
+        if "mean_speed_um_s" in lifetimes:
+            rows.append(("speed (median of label means, µm/s)", fmt(lifetimes["mean_speed_um_s"].median(), ".3g")))
+        parts.append(table(rows, ("label lifetimes", "")))
+        longest = lifetimes.sort_values("n_frames", ascending=False).head(10)
+        cols = [c for c in ("label", "first_frame", "last_frame", "n_frames", "lifetime_s", "mean_volume_um3", "mean_speed_um_s") if c in longest]
+        parts.append(table([[fmt(v, ".4g") for v in row] for row in longest[cols].itertuples(index=False)], cols))
+    return section("Objects (segment and reassign)", *parts)
+
+
 def _provenance(data: RunData) -> str:
     rows = []
     for name, meta in data.provenance.items():
@@ -413,6 +449,7 @@ def _render(data: RunData, params: Mapping[str, Any], index_href: str | None) ->
         section("Size distribution", _size_figure(data, int(params["histogram_bins"]))),
         section("Features per frame", _frames_figure(data)),
         section("Ensemble MSD", _msd_figure(data, int(params["msd_max_lag"]))),
+        _objects(data),
         _acquisition(data),
         _provenance(data),
     ])

@@ -40,6 +40,7 @@ def _alternatives(names):
 
 
 SIMULATED = [name for name, run in RUNS.items() if run["kind"] == "simulated"]
+SEGMENTED = [name for name, run in RUNS.items() if stage_params(config, run, "segment").get("enabled")]
 IMPORTED = [name for name, run in RUNS.items() if run["kind"] != "simulated"]
 
 
@@ -116,16 +117,18 @@ def report_input():
     )
     files = {name.split(".")[0]: run_outputs(name) for name in names}
     files["truth"] = [f"{RESULTS}/{run}/truth.parquet" for run in SIMULATED]
+    # segmented runs: the report shows their reassigned labels and lifetimes
+    files["objects"] = [f"{RESULTS}/{run}/objects.parquet" for run in SEGMENTED]
+    files["reassigned"] = [f"{RESULTS}/{run}/reassigned.ome.zarr" for run in SEGMENTED]
     files["group_summaries"] = [f"{RESULTS}/groups/{g}/summary.json" for g in GROUPS]
     files["group_distributions"] = [f"{RESULTS}/groups/{g}/distribution.csv" for g in GROUPS]
     return files
 
 
 def all_targets():
-    segmented = [name for name, run in RUNS.items() if stage_params(config, run, "segment").get("enabled")]
     return [
         f"{RESULTS}/report/index.html",
         *run_outputs("summary.json"),
         *[f"{RESULTS}/groups/{g}/summary.json" for g in GROUPS],
-        *[f"{RESULTS}/{run}/{name}" for run in segmented for name in ("reassigned.ome.zarr", "objects.parquet")],
+        *[f"{RESULTS}/{run}/{name}" for run in SEGMENTED for name in ("reassigned.ome.zarr", "objects.parquet")],
     ]
