@@ -32,7 +32,7 @@ import contextlib
 import math
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import dask
@@ -115,6 +115,24 @@ def _process_pool(workers: int, preload: Iterable[str] = ()) -> ProcessPoolExecu
     return ProcessPoolExecutor(workers, mp_context=context, initializer=initialize_worker_process)
 
 
+class _PrefetchingPool(Executor):
+    """A process pool as Dask's ``processes`` scheduler sees it, claiming
+    ``prefetch`` times its workers: Dask keeps that many tasks in flight, so a
+    worker that finishes a task finds the next one already queued instead of
+    waiting for a round trip through the scheduler (the workers still run one
+    task at a time, so memory stays bounded by the task)."""
+
+    def __init__(self, pool: ProcessPoolExecutor, workers: int, prefetch: int = 2):
+        self._pool = pool
+        self._max_workers = workers * prefetch  # what dask.multiprocessing.get reads
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 @contextlib.contextmanager
 def dask_scheduler(
     compute: Mapping[str, Any] | None = None,
@@ -155,7 +173,7 @@ def dask_scheduler(
         yield {"scheduler": "threads", "num_workers": workers, "chunksize": 1}
         return
     if kind == "processes":
-        pool = _process_pool(workers, preload)
+        pool = _PrefetchingPool(_process_pool(workers, preload), workers)
         try:
             # chunksize=1: a task is already a batch of frames
             yield {"scheduler": "processes", "pool": pool, "num_workers": workers, "chunksize": 1}

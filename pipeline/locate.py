@@ -146,6 +146,26 @@ def empty_features(ndim: int, *, diameter: Any, **trackpy_options: Any) -> pd.Da
     return table
 
 
+def _realign_axis_errors(features: pd.DataFrame) -> pd.DataFrame:
+    """Undo trackpy 0.7's misaligned per-axis ``ep_*`` columns.
+
+    For anisotropic diameters, ``trackpy.locate`` concatenates the per-axis
+    static errors (numbered 0..n-1 in feature order) by index onto features
+    whose index has gaps after filtering (minmass, topn): real rows get
+    another feature's error or NaN, and the rest arrive as extra rows with no
+    position. The error of the i-th feature sits at label i, so it can be put
+    back exactly; a table without position-less rows is left untouched.
+    """
+    ep_columns = [c for c in features.columns if c.startswith("ep_")]
+    positions = [c for c in ("z", "y", "x") if c in features.columns]
+    located = features[positions].notna().all(axis=1)
+    if not ep_columns or located.all():
+        return features
+    real = features[located].copy()
+    real[ep_columns] = features.loc[pd.RangeIndex(len(real)), ep_columns].to_numpy()
+    return real.reset_index(drop=True)
+
+
 def _locate_each(
     frames: np.ndarray, frame_numbers: Sequence[int], options: Mapping[str, Any]
 ) -> pd.DataFrame | None:
@@ -154,7 +174,7 @@ def _locate_each(
 
     found = []
     for frame_no, image in zip(frame_numbers, frames):
-        features = trackpy.locate(image, **options)
+        features = _realign_axis_errors(trackpy.locate(image, **options))
         if len(features):  # as trackpy.batch: frames without features add no rows
             features.insert(0, "frame", np.int64(frame_no))
             found.append(features)

@@ -143,6 +143,24 @@ def test_anisotropic_3d_volumes(tmp_path):
     pd.testing.assert_series_equal(empty_features(3, diameter=[5, 7, 7]).dtypes, found.dtypes)
 
 
+def test_anisotropic_errors_stay_with_their_features():
+    """trackpy 0.7 misaligns the per-axis ``ep_*`` columns once minmass drops
+    features (rows without positions appear); locate puts them back: each
+    kept feature has the error it has when nothing is filtered."""
+    volumes = gaussian_spots(n_frames=1, shape=(16, 40, 40), n=10, sigma=1.5, seed=5)
+    everything = locate_frames(volumes, diameter=[5, 7, 7])
+    threshold = float(np.median(everything["mass"]))
+    raw = tp.locate(volumes[0], (5, 7, 7), minmass=threshold)
+    assert raw[["z", "y", "x"]].isna().any(axis=1).any(), "trackpy no longer shows the bug"
+    kept = locate_frames(volumes, diameter=[5, 7, 7], minmass=threshold)
+    assert len(kept) == (everything["mass"] > threshold).sum()
+    assert not kept[["z", "y", "x", "ep_z", "ep_y", "ep_x"]].isna().any().any()
+    merged = kept.merge(everything, on=["z", "y", "x"], suffixes=("", "_all"))
+    assert len(merged) == len(kept)
+    for axis in "zyx":
+        np.testing.assert_allclose(merged[f"ep_{axis}"], merged[f"ep_{axis}_all"])
+
+
 # --- dropped frames, empty and broken input ---------------------------------
 
 
