@@ -255,7 +255,7 @@ def interpolate_flow(
     missing = [c for c in (*pos_cols, *disp_cols) if c not in flow_df.columns]
     if missing:
         raise ValueError(f"flow table lacks column(s) {missing}")
-    scale = _scale(pixel_size_um, ndim)
+    scale = pixel_scale(pixel_size_um, ndim)
     costs = flow_df["cost"].to_numpy(dtype=float) if "cost" in flow_df.columns else None
     field = FlowField(
         flow_df[pos_cols].to_numpy(dtype=float) * scale,
@@ -267,7 +267,8 @@ def interpolate_flow(
     return field.at(query, radius, fill=fill, order=order)
 
 
-def _scale(pixel_size_um, ndim: int) -> np.ndarray:
+def pixel_scale(pixel_size_um, ndim: int) -> np.ndarray:
+    """µm per pixel along each of ``ndim`` axes (1 where no pixel size is given)."""
     if pixel_size_um is None:
         return np.ones(ndim)
     scale = np.broadcast_to(np.asarray(pixel_size_um, dtype=float), (ndim,)).copy()

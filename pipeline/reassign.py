@@ -73,9 +73,9 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from .flowfield import FlowField, pixel_scale
 from .io.movie import Movie, MovieError, create_movie, open_movie
 from .io.tables import write_table
-from .flowfield import FlowField
 from .matching import ASSIGNMENTS, assign, candidate_pairs, pair_costs
 
 __all__ = [
@@ -126,15 +126,6 @@ _FLOW_KEYS = (
 # ---------------------------------------------------------------------------
 # objects of a label image
 # ---------------------------------------------------------------------------
-
-
-def _scale(pixel_size_um, ndim: int) -> np.ndarray:
-    if pixel_size_um is None:
-        return np.ones(ndim)
-    scale = np.broadcast_to(np.asarray(pixel_size_um, dtype=float), (ndim,)).copy()
-    if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
-        raise ValueError(f"pixel_size_um must be positive per axis, got {pixel_size_um!r}")
-    return scale
 
 
 def _check_labels(labels, name: str, ndim: int | None = None) -> np.ndarray:
@@ -213,7 +204,7 @@ def measure_objects(labels, image=None, *, pixel_size_um=None) -> pd.DataFrame:
     """
     labels = _check_labels(labels, "labels")
     ndim = labels.ndim
-    scale = _scale(pixel_size_um, ndim)
+    scale = pixel_scale(pixel_size_um, ndim)
     if image is not None and np.shape(image) != labels.shape:
         raise ValueError(f"image of shape {np.shape(image)} does not match labels of shape {labels.shape}")
     vox = _Voxels(labels, image, np.ones(ndim))
@@ -436,7 +427,7 @@ def reassign_labels(
         if image is not None and np.shape(image) != labels_t.shape:
             raise ValueError(f"{name} of shape {np.shape(image)} does not match the labels' {labels_t.shape}")
     ndim = labels_t.ndim
-    scale = _scale(pixel_size_um, ndim)
+    scale = pixel_scale(pixel_size_um, ndim)
     settings = _check_flow_options(
         dict(gate_um=gate_um, cost_cutoff=cost_cutoff, outlier_factor=outlier_factor, assignment=assignment, appearance=appearance,
              flow_radius_um=flow_radius_um, flow_order=flow_order, max_error_um=max_error_um, eps_um=eps_um,

@@ -61,7 +61,7 @@ from scipy import special, stats
 
 from . import __version__
 from .io.movie import open_movie
-from .io.tables import position_columns, read_table, write_table
+from .io.tables import jsonable, position_columns, read_distribution, read_table, write_table
 from .physics import stokes_einstein_D, stokes_einstein_diameter, water_viscosity
 
 __all__ = [
@@ -1543,26 +1543,12 @@ def _is_number(value) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _jsonable(value):
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _write_json(obj: Mapping, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "w") as fh:
-        json.dump(_jsonable(obj), fh, indent=2, allow_nan=False)
+        json.dump(jsonable(obj), fh, indent=2, allow_nan=False)
         fh.write("\n")
     os.replace(tmp, path)
     return path
@@ -1589,19 +1575,6 @@ def _read_json(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a summary must be a JSON object")
     return data
-
-
-def _read_distribution(path: str | os.PathLike) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"distribution {path} does not exist")
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable CSV distribution ({exc})") from exc
-    if "diameter_nm" not in df.columns:
-        raise ValueError(f"{path}: missing column 'diameter_nm'")
-    return df
 
 
 def _number_or_none(value, key: str):
@@ -1714,7 +1687,7 @@ def run(
     _write_json(summ, summary)
     if summary_csv is not None:
         _write_csv(pd.DataFrame([summary_row(summ)]), summary_csv)
-    return _jsonable(summ)
+    return jsonable(summ)
 
 
 def run_group(
@@ -1740,7 +1713,7 @@ def run_group(
         )
     if not distributions:
         raise ValueError(f"group {group!r} has no runs")
-    dists = [_read_distribution(d) for d in distributions]
+    dists = [read_distribution(d) for d in distributions]
     summs = []
     for path in summaries:
         s = _read_json(path)
@@ -1758,7 +1731,7 @@ def run_group(
         sem = {k[: -len("_sem")]: v for k, v in out.items() if k.endswith("_sem")}
         rows.append(summary_row(sem, name=f"{group} (standard error)"))
         _write_csv(pd.DataFrame(rows), summary_csv)
-    return _jsonable(out)
+    return jsonable(out)
 
 
 #: summary.json keys -> the column names of :func:`summary_row`

@@ -141,12 +141,12 @@ def encode_start(
     first_seq: int | None = None,
 ) -> bytes:
     """The optional first message: the camera's acquisition metadata."""
-    from ..io.movie import _jsonable  # plain JSON: numpy scalars become Python
+    from ..io.tables import jsonable  # plain JSON: numpy scalars become Python
 
     message = {
         "start": True,
         "run": str(run),
-        "metadata": _jsonable(dict(metadata or {})),
+        "metadata": jsonable(dict(metadata or {})),
         "frames_expected": None if frames_expected is None else int(frames_expected),
         "first_seq": None if first_seq is None else int(first_seq),
     }

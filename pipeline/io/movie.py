@@ -26,7 +26,6 @@ with ``complete: false``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import shutil
@@ -40,6 +39,7 @@ import numcodecs
 import numpy as np
 
 from .. import __version__
+from .tables import jsonable
 
 __all__ = [
     "MovieError",
@@ -121,22 +121,6 @@ def _ome_attributes(name: str, axes: Sequence[str], scale: Sequence[float]) -> d
         ],
     }
 
-
-def _jsonable(value: Any) -> Any:
-    """Metadata must be plain JSON: numpy scalars and arrays become Python."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 class MovieWriter:
@@ -246,7 +230,7 @@ class MovieWriter:
     def set_attributes(self, **attrs: Any) -> None:
         """Add or update keys of the ``trackflow`` metadata (written with the next shard)."""
         with self._lock:
-            self._extra_attrs.update(_jsonable(attrs))
+            self._extra_attrs.update(jsonable(attrs))
 
     def close(self, complete: bool = True, n_frames: int | None = None) -> None:
         """Write what is buffered, publish the final shape and metadata.
@@ -471,7 +455,7 @@ def create_movie(
         "complete": False,
         "frames_written": 0,
         "dropped": [],
-        **_jsonable(dict(metadata or {})),
+        **jsonable(dict(metadata or {})),
     }
     root_meta_path = path / "zarr.json"
     root_meta = _read_json(root_meta_path)

@@ -16,10 +16,12 @@ Column contracts (positions in pixels, trackpy's convention):
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +33,8 @@ __all__ = [
     "write_table",
     "read_table",
     "table_metadata",
+    "jsonable",
+    "read_distribution",
     "position_columns",
     "FEATURE_COLUMNS",
     "REFINED_COLUMNS",
@@ -122,6 +126,38 @@ def read_table(
     if missing:
         what = f" (expected from stage '{stage}')" if stage else ""
         raise TableError(f"{path}: missing column(s) {missing}{what}")
+    return df
+
+
+def jsonable(value: Any) -> Any:
+    """Metadata must be plain JSON: numpy scalars and arrays become Python."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def read_distribution(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a size stage's ``distribution.csv`` (bin centres ``diameter_nm``
+    and the binned densities and counts); errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"distribution {path} does not exist")
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise TableError(f"{path}: not a readable CSV distribution ({exc})") from exc
+    if "diameter_nm" not in df.columns:
+        raise TableError(f"{path}: missing column 'diameter_nm'")
     return df
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 
 from .. import __version__
 from ..io.movie import Movie, open_movie
-from ..io.tables import position_columns, read_table, table_metadata
+from ..io.tables import position_columns, read_distribution, read_table, table_metadata
 from . import figures, objects
 from .html import NA, figure, fmt, page, section, table
 
@@ -154,15 +154,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _read_distribution(path: Path) -> pd.DataFrame | None:
-    if not path.exists():
-        return None
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise ValueError(f"report: {path} is not a readable CSV table ({exc})") from exc
-    if "diameter_nm" not in df.columns:
-        raise ValueError(f"report: {path} lacks the column 'diameter_nm'")
-    return df
+    return read_distribution(path) if path.exists() else None
 
 
 # ---------------------------------------------------------------------------
