@@ -29,6 +29,7 @@ import pandas as pd
 from .compute import map_frame_chunks
 from .io.movie import Movie, MovieError, open_movie
 from .io.tables import write_table
+from .io.config import with_defaults
 
 __all__ = [
     "TRACKPY_OPTIONS",
@@ -314,13 +315,7 @@ def locate_movie(
 
 
 def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ValueError(
-            f"locate: unknown parameter(s) {unknown} in the locate section; known: {list(DEFAULT_PARAMS)}"
-        )
-    return {**DEFAULT_PARAMS, **params}
+    return with_defaults("locate", params, DEFAULT_PARAMS)
 
 
 def run(

@@ -76,6 +76,7 @@ from scipy.spatial import cKDTree
 from .flowfield import FlowField, pixel_scale
 from .io.movie import Movie, MovieError, create_movie, open_movie
 from .io.tables import write_table
+from .io.config import with_defaults
 from .matching import ASSIGNMENTS, assign, candidate_pairs, pair_costs
 
 __all__ = [
@@ -832,11 +833,7 @@ def _empty_table(pos_cols) -> pd.DataFrame:
 
 
 def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"reassign: unknown parameter(s) {unknown}; known keys: {sorted(DEFAULTS)}")
-    resolved = {**DEFAULTS, **params}
+    resolved = with_defaults("reassign", params, DEFAULTS)
     if resolved["method"] not in METHODS:
         raise ValueError(f"reassign.method must be one of {list(METHODS)}, got {resolved['method']!r}")
     _check_flow_options({k: resolved[k] for k in _FLOW_KEYS})

@@ -67,6 +67,7 @@ import pandas as pd
 from .compute import map_frame_chunks
 from .io.movie import Movie, MovieError, open_movie
 from .io.tables import position_columns, read_table, table_metadata, write_table
+from .io.config import with_defaults
 
 __all__ = [
     "METHODS",
@@ -609,11 +610,7 @@ def refine_frames(
 # ---------------------------------------------------------------------------
 def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The config section with defaults filled in; unknown keys are errors."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ValueError(f"refine: unknown parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
-    resolved = {**DEFAULT_PARAMS, **params}
+    resolved = with_defaults("refine", params, DEFAULT_PARAMS)
     if resolved["method"] not in METHODS:
         raise ValueError(f"refine: method must be one of {list(METHODS)}, got {resolved['method']!r}")
     fraction = resolved["max_failed_fraction"]

@@ -46,6 +46,7 @@ from scipy import ndimage as ndi
 
 from .compute import dask_scheduler, frame_ranges, read_frames, scheduler_workers, validate_compute
 from .io.movie import Movie, MovieError, create_movie, open_movie
+from .io.config import with_defaults
 
 __all__ = ["DEFAULTS", "THRESHOLD_METHODS", "frame_threshold", "segment_frame", "segment_frames", "segment_movie", "run",
            "mark_as_labels"]
@@ -344,11 +345,7 @@ def mark_as_labels(store: str | os.PathLike, source_image: str | os.PathLike | N
 
 
 def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"segment: unknown parameter(s) {unknown}; known keys: {sorted(DEFAULTS)}")
-    resolved = {**DEFAULTS, **params}
+    resolved = with_defaults("segment", params, DEFAULTS)
     per_task = resolved["frames_per_task"]
     if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1):
         raise ValueError(f"segment.frames_per_task must be a positive integer or null, got {per_task!r}")

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..io.movie import MovieError, open_movie
 from ..io.tables import position_columns, read_table, write_table
+from ..io.config import with_defaults
 from .nearest import COUNTS_ATTR, link_nearest, step_vectors
 
 __all__ = ["link", "link_nearest", "run", "METHODS", "DEFAULTS"]
@@ -180,11 +181,7 @@ def run(
 
 def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The section with defaults filled in; unknown keys are errors naming the key."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"link: unknown parameter(s) {unknown}; known keys: {sorted(DEFAULTS)}")
-    resolved = {**DEFAULTS, **params}
+    resolved = with_defaults("link", params, DEFAULTS)
     if resolved["method"] not in METHODS:
         raise ValueError(f"link.method must be one of {sorted(METHODS)}, got {resolved['method']!r}")
     if not isinstance(resolved["flow"] or {}, Mapping):

@@ -67,6 +67,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..flowfield import FlowField, flow_columns, interpolate_flow
+from ..io.config import with_defaults
 from ..matching import ASSIGNMENTS, appearance_weights, assign, candidate_pairs, pair_costs
 from .appearance import INTENSITY_COLUMNS, appearance_columns, appearance_features, hu_columns
 
@@ -460,11 +461,7 @@ def compute_appearance(
 def check_flow_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The ``link.flow`` section with defaults filled in; unknown keys and bad
     values are errors naming the key."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"link.flow: unknown parameter(s) {unknown}; known keys: {sorted(DEFAULTS)}")
-    out = {**DEFAULTS, **params}
+    out = with_defaults("link.flow", params, DEFAULTS)
     for key in ("gate", "flow_radius"):
         value = out[key]
         if value is not None and not (_is_number(value) and 0 < float(value) < math.inf):

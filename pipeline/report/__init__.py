@@ -35,6 +35,7 @@ import pandas as pd
 from .. import __version__
 from ..io.movie import Movie, open_movie
 from ..io.tables import position_columns, read_distribution, read_table, table_metadata
+from ..io.config import with_defaults
 from . import figures, objects
 from .html import NA, figure, fmt, page, section, table
 
@@ -614,11 +615,7 @@ def _check_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
 
 
 def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"report: unknown parameter(s) {unknown}; known keys: {sorted(DEFAULTS)}")
-    resolved = {**DEFAULTS, **params}
+    resolved = with_defaults("report", params, DEFAULTS)
     for key in ("histogram_bins", "msd_max_lag"):
         value = resolved[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
