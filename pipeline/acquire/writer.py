@@ -509,16 +509,18 @@ def record(
     meter = _Progress(receiver, tty=progress_tty) if progress else None
     interrupted = None
     bound = None
-    try:
+    # signals stay caught until the store is closed: a second one (the parent
+    # terminating us after Ctrl-C) must not kill the writer mid-close
+    with _StopOnSignal() as signals:
         try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            raise ValueError(f"record: cannot bind the writer endpoint {endpoint}: {exc}") from None
-        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.debug("recording %s from %s", output, bound)
-        if on_ready is not None:
-            on_ready(bound)
-        with _StopOnSignal() as signals:
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise ValueError(f"record: cannot bind the writer endpoint {endpoint}: {exc}") from None
+            bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            log.debug("recording %s from %s", output, bound)
+            if on_ready is not None:
+                on_ready(bound)
             t_message = time.perf_counter()
             began = False
             while not receiver.ended:
@@ -544,19 +546,19 @@ def record(
                 if wait is not None and time.perf_counter() - t_message > wait:
                     interrupted = f"no message for {wait:g} s" + ("" if began else " (the stream never began)")
                     break
-        if interrupted:
-            log.warning("%s: stream interrupted: %s", output, interrupted)
-    except BaseException:
-        receiver.abort()
-        raise
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-        if bound and bound.startswith("ipc://"):
-            Path(bound[len("ipc://"):]).unlink(missing_ok=True)  # the socket file we bound
-        if meter is not None:
-            meter.done()
-    return receiver.finish(interrupted=interrupted)
+            if interrupted:
+                log.warning("%s: stream interrupted: %s", output, interrupted)
+        except BaseException:
+            receiver.abort()
+            raise
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+            if bound and bound.startswith("ipc://"):
+                Path(bound[len("ipc://"):]).unlink(missing_ok=True)  # the socket file we bound
+            if meter is not None:
+                meter.done()
+        return receiver.finish(interrupted=interrupted)
 
 
 # ---------------------------------------------------------------------------
