@@ -61,7 +61,7 @@ from scipy import special, stats
 
 from . import __version__
 from .io.movie import open_movie
-from .io.tables import jsonable, position_columns, read_distribution, read_table, write_table
+from .io.tables import jsonable, position_columns, read_distribution, read_summary, read_table, write_table
 from .physics import stokes_einstein_D, stokes_einstein_diameter, water_viscosity
 
 __all__ = [
@@ -1563,20 +1563,6 @@ def _write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def _read_json(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"summary {path} does not exist")
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON summary ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a summary must be a JSON object")
-    return data
-
-
 def _number_or_none(value, key: str):
     if value is None:
         return None
@@ -1716,7 +1702,7 @@ def run_group(
     dists = [read_distribution(d) for d in distributions]
     summs = []
     for path in summaries:
-        s = _read_json(path)
+        s = read_summary(path)
         s.setdefault("run", Path(path).parent.name)
         summs.append(s)
     try:

@@ -35,6 +35,7 @@ __all__ = [
     "table_metadata",
     "jsonable",
     "read_distribution",
+    "read_summary",
     "position_columns",
     "FEATURE_COLUMNS",
     "REFINED_COLUMNS",
@@ -159,6 +160,22 @@ def read_distribution(path: str | os.PathLike) -> pd.DataFrame:
     if "diameter_nm" not in df.columns:
         raise TableError(f"{path}: missing column 'diameter_nm'")
     return df
+
+
+def read_summary(path: str | os.PathLike) -> dict:
+    """Read a size stage's ``summary.json`` (a JSON object of figures);
+    errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"summary {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TableError(f"{path}: not a readable JSON summary ({exc})") from exc
+    if not isinstance(data, dict):
+        raise TableError(f"{path}: a summary must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def table_metadata(path: str | os.PathLike) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import json
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ import pandas as pd
 
 from .. import __version__
 from ..io.movie import Movie, open_movie
-from ..io.tables import position_columns, read_distribution, read_table, table_metadata
+from ..io.tables import position_columns, read_distribution, read_summary, read_table, table_metadata
 from ..io.config import with_defaults
 from . import figures, objects
 from .html import NA, figure, fmt, page, section, table
@@ -142,16 +141,7 @@ def load_run(run_dir: str | os.PathLike, *, name: str | None = None, group: str 
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"report: {path} is not readable JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"report: {path} must hold a JSON object, got {type(value).__name__}")
-    return value
+    return read_summary(path) if path.exists() else None
 
 
 def _read_distribution(path: Path) -> pd.DataFrame | None:
