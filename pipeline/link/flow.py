@@ -91,9 +91,13 @@ log = logging.getLogger("trackflow.link")
 # Rounds of match → flow → re-match per frame pair (stops early when stable).
 MAX_FLOW_ROUNDS = 3
 # The predictor pools the matches of at most this many previous frame pairs
-# (fewer if flow_window is smaller): enough to sample a steady flow densely,
-# few enough to follow one that changes, and cheap.
-MAX_PREDICTOR_PAIRS = 3
+# (fewer if flow_window is smaller). Denser vectors keep the linear fit local
+# (its nearest vectors lie closer), which matters where the flow curves: on
+# the benchmark's vortex, pooling 10 pairs rather than 3 brought the learned
+# predictor to within 0.006 α of the exact flow over 80 frames (0.872 against
+# 0.877; 3 pairs: 0.859). A flow that changes faster wants a smaller
+# flow_window.
+MAX_PREDICTOR_PAIRS = 10
 # The per-row flow columns (what the size stage subtracts) average the 256
 # nearest steps of other tracks with equal weights in a local linear fit: the
 # error of the subtracted flow adds to the measured diffusion (twice over in
