@@ -307,6 +307,8 @@ def main(argv=None) -> int:
         help="independent movies for the dense-Brownian and vortex cases (default 3, or 4 without --quick)",
     )
     args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     n_seeds = args.seeds or (3 if args.quick else 4)
     t0 = time.perf_counter()
     n_frames = 30 if args.quick else 80
