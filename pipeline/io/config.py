@@ -33,11 +33,12 @@ import copy
 import csv
 import glob
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+from .schema import SCHEMA_DIR, ConfigError, read_yaml as _read_yaml, validate as _validate
 
 __all__ = [
     "with_defaults",
@@ -59,102 +60,11 @@ __all__ = [
     "infer_kind",
 ]
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 STAGE_SECTIONS = ("acquire", "locate", "refine", "link", "segment", "reassign", "size", "report")
 # sections a run may override (the report covers all runs, so it has none)
 RUN_SECTIONS = ("acquire", "locate", "refine", "link", "segment", "reassign", "size")
 RUN_COLUMNS = ("run", "source", "group", "settings", "overrides")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-
-
-class ConfigError(ValueError):
-    """config.yaml or runs.tsv is malformed; the message names file, run and key."""
-
-
-# ---------------------------------------------------------------------------
-# schemas
-# ---------------------------------------------------------------------------
-
-
-def _read_yaml(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-
-
-@lru_cache(maxsize=None)
-def _validator_class(schema_dir: str, name: str):
-    """A jsonschema validator for ``schema_dir/name`` that fills in defaults
-    and resolves relative ``$ref`` against ``schema_dir`` (as
-    ``snakemake.utils.validate`` does)."""
-    from jsonschema import Draft202012Validator, validators
-    from referencing import Registry, Resource
-    from referencing.jsonschema import DRAFT202012
-
-    base = Path(schema_dir)
-
-    def retrieve(uri: str) -> Resource:
-        from urllib.parse import urlparse
-        from urllib.request import url2pathname
-
-        path = Path(url2pathname(urlparse(uri).path))
-        if not path.exists():
-            raise ConfigError(f"schema {path} (referenced from {base / name}) does not exist")
-        contents = _read_yaml(path, "schema")
-        # Without its "$schema", a referenced schema is checked by the
-        # default-filling class below; with it, jsonschema switches to the
-        # plain validator and nested defaults are silently not filled (this
-        # is why snakemake.utils.validate cannot be used here).
-        contents.pop("$schema", None)
-        return Resource(contents=contents, specification=DRAFT202012)
-
-    schema = _read_yaml(base / name, "schema")
-    schema["$id"] = (base / name).resolve().as_uri()
-    registry = Registry(retrieve=retrieve)
-    check_properties = Draft202012Validator.VALIDATORS["properties"]
-
-    def fill_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub:
-                    # a copy: filling nested defaults must not change the schema
-                    instance.setdefault(key, copy.deepcopy(sub["default"]))
-        yield from check_properties(validator, properties, instance, schema)
-
-    filling = validators.extend(Draft202012Validator, {"properties": fill_defaults})
-    return schema, registry, filling, Draft202012Validator
-
-
-def _format_error(error) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted((error.schema.get("properties") or {}).keys())
-        unknown = sorted(set(error.instance) - set(allowed))
-        keys = ", ".join(repr(f"{path}.{k}" if path else k) for k in unknown)
-        hint = f" (allowed: {', '.join(allowed)})" if allowed else " (this section takes no keys yet)"
-        return f"unknown key {keys}{hint}"
-    where = path or "(top level)"
-    return f"{where}: {error.message}"
-
-
-def _validate(instance: Any, schema_name: str, what: str, *, fill: bool = True, schema_dir=None) -> Any:
-    """Validate ``instance`` (a copy is returned, defaults filled in) against
-    ``schema_dir/schema_name``; errors are raised as one ConfigError that
-    lists every problem, each naming its key."""
-    schema, registry, filling, plain = _validator_class(str(schema_dir or SCHEMA_DIR), schema_name)
-    instance = copy.deepcopy(instance)
-    cls = filling if fill else plain
-    errors = sorted(
-        cls(schema, registry=registry).iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))
-    )
-    if errors:
-        lines = [_format_error(e) for e in errors]
-        raise ConfigError(f"{what}: " + "; ".join(dict.fromkeys(lines)))
-    return instance
 
 
 # ---------------------------------------------------------------------------

@@ -37,6 +37,8 @@ __all__ = [
     "read_distribution",
     "read_summary",
     "position_columns",
+    "flow_columns",
+    "drift_columns",
     "FEATURE_COLUMNS",
     "REFINED_COLUMNS",
     "TRACK_COLUMNS",
@@ -60,6 +62,19 @@ def position_columns(df_or_columns: pd.DataFrame | Iterable[str]) -> list[str]:
     """``['z', 'y', 'x']`` for 3D tables, ``['y', 'x']`` for 2D ones."""
     cols = df_or_columns.columns if isinstance(df_or_columns, pd.DataFrame) else df_or_columns
     return ["z", "y", "x"] if "z" in cols else ["y", "x"]
+
+
+def flow_columns(pos_columns: Iterable[str]) -> list[str]:
+    """The per-row flow columns of a tracks table for these position
+    columns: ``flow_dy, flow_dx`` (``flow_dz``), the flow at the feature in
+    px per frame (written by the flow linker, read by the size stage)."""
+    return [f"flow_d{c}" for c in pos_columns]
+
+
+def drift_columns(pos_columns: Iterable[str]) -> list[str]:
+    """The per-row drift columns of a tracks table: ``drift_y, drift_x``
+    (``drift_z``), the ensemble drift at the row's frame, cumulative px."""
+    return [f"drift_{c}" for c in pos_columns]
 
 
 def write_table(

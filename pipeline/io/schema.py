@@ -1,0 +1,256 @@
+"""The parameter schemas: one home for each key's default, type, range and
+description.
+
+Every section of ``config.yaml`` (a stage's parameters, ``compute``,
+``resources``) is described by ``workflow/schemas/<section>.schema.yaml``.
+That file is the only place a key's default, type, range and description
+are written: the workflow validates ``config.yaml`` and ``runs.tsv`` against
+it, each stage's ``run`` checks its section against it (:func:`check_section`,
+defaults filled in), library functions take their keyword defaults from it
+(:func:`section_defaults`), and the key tables of ``config/README.md`` are
+generated from it (:func:`key_tables`; ``trackflow config-docs``).
+
+Why the schema and not the function signatures: users write YAML, Snakemake
+and editors understand JSON schema, and a schema says what a signature
+cannot (ranges, enums, per-axis lists, nested sections) in a form every
+entry point (rule, command line, Python) can check the same way. Checks a
+schema cannot express (one value per axis of *this* movie, a grid's lower
+end below its upper end) stay in the stage that knows them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import yaml
+
+__all__ = [
+    "SCHEMA_DIR",
+    "ConfigError",
+    "check_section",
+    "section_defaults",
+    "section_schema",
+    "validate",
+    "key_tables",
+]
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
+
+
+class ConfigError(ValueError):
+    """A configuration or a stage's parameters are malformed; the message
+    names the file, run or section, and the key."""
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """``path`` parsed as YAML; a missing file or bad YAML names the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _is_integer(checker, instance) -> bool:
+    # numpy scalars and integral floats (1.0) count, as in JSON; bool does not
+    if isinstance(instance, (bool, np.bool_)):
+        return False
+    if isinstance(instance, (Integral, np.integer)):
+        return True
+    return isinstance(instance, (float, np.floating)) and float(instance).is_integer()
+
+
+def _is_number(checker, instance) -> bool:
+    return isinstance(instance, (Real, np.number)) and not isinstance(instance, (bool, np.bool_))
+
+
+def _is_array(checker, instance) -> bool:
+    # a tuple or an array from Python code is a list in YAML
+    return isinstance(instance, (list, tuple)) or (isinstance(instance, np.ndarray) and instance.ndim == 1)
+
+
+@lru_cache(maxsize=None)
+def _validators(schema_dir: str, name: str):
+    """The schema ``schema_dir/name`` with a registry resolving its relative
+    ``$ref``s, a validator class that fills in defaults, and a plain one.
+    Both accept numpy scalars and tuples where JSON has numbers and arrays."""
+    from jsonschema import Draft202012Validator, validators
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    base = Path(schema_dir)
+
+    def retrieve(uri: str) -> Resource:
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        path = Path(url2pathname(urlparse(uri).path))
+        if not path.exists():
+            raise ConfigError(f"schema {path} (referenced from {base / name}) does not exist")
+        contents = read_yaml(path, "schema")
+        # Without its "$schema", a referenced schema is checked by the
+        # default-filling class below; with it, jsonschema switches to the
+        # plain validator and nested defaults are silently not filled (this
+        # is why snakemake.utils.validate cannot be used here).
+        contents.pop("$schema", None)
+        return Resource(contents=contents, specification=DRAFT202012)
+
+    schema = read_yaml(base / name, "schema")
+    schema["$id"] = (base / name).resolve().as_uri()
+    registry = Registry(retrieve=retrieve)
+    types = Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_number, "array": _is_array}
+    )
+    plain = validators.extend(Draft202012Validator, type_checker=types)
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub:
+                    # a copy: filling nested defaults must not change the schema
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    filling = validators.extend(plain, {"properties": fill_defaults})
+    return schema, registry, filling, plain
+
+
+def _format_error(error, prefix: str) -> list[str]:
+    path = ".".join([prefix, *map(str, error.absolute_path)] if prefix else map(str, error.absolute_path))
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted((error.schema.get("properties") or {}).keys())
+        unknown = sorted(set(error.instance) - set(allowed), key=str)
+        hint = f"allowed: {', '.join(allowed)}" if allowed else "this section takes no keys"
+        if prefix:
+            # a stage's own section: "size.grid_pionts: unknown key 'grid_pionts'"
+            return [f"{path}.{key}: unknown key '{key}' ({hint})" for key in unknown]
+        keys = ", ".join(repr(f"{path}.{k}" if path else k) for k in unknown)
+        return [f"unknown key {keys} ({hint})"]
+    return [f"{path or '(top level)'}: {error.message}"]
+
+
+def validate(instance: Any, schema_name: str, what: str, *, fill: bool = True, schema_dir=None,
+             prefix: str = "") -> Any:
+    """Validate ``instance`` against ``schema_dir/schema_name``.
+
+    Returns a copy with the defaults filled in (``fill``). Every problem is
+    raised at once, as one :class:`ConfigError` beginning with ``what``, each
+    naming its key (``prefix`` is put before the keys' paths).
+    """
+    schema, registry, filling, plain = _validators(str(schema_dir or SCHEMA_DIR), schema_name)
+    instance = copy.deepcopy(instance)
+    cls = filling if fill else plain
+    errors = sorted(cls(schema, registry=registry).iter_errors(instance),
+                    key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [line for error in errors for line in _format_error(error, prefix)]
+        raise ConfigError(f"{what}: " + "; ".join(dict.fromkeys(lines)))
+    return instance
+
+
+def section_schema(section: str, *, schema_dir=None) -> dict:
+    """The schema of one section (``locate``, ``size``, ``compute``, ...)."""
+    return copy.deepcopy(_validators(str(schema_dir or SCHEMA_DIR), f"{section}.schema.yaml")[0])
+
+
+def check_section(section: str, params: Mapping[str, Any] | None = None, *, schema_dir=None) -> dict[str, Any]:
+    """A section's parameters, checked against its schema, defaults filled in.
+
+    Parameters
+    ----------
+    section : str
+        ``acquire``, ``locate``, ``refine``, ``link``, ``segment``,
+        ``reassign``, ``size``, ``report``, ``compute`` or ``resources``.
+    params : mapping, optional
+        The section as given (missing keys take their defaults).
+
+    Returns
+    -------
+    dict
+        A new dict; ``params`` is not changed.
+
+    Raises
+    ------
+    ConfigError
+        Naming every bad key, e.g. ``size.grid_pionts: unknown key
+        'grid_pionts' (allowed: ...)`` or ``link.memory: 'three' is not of
+        type 'integer'``.
+    """
+    if params is not None and not isinstance(params, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {type(params).__name__}")
+    return validate(dict(params or {}), f"{section}.schema.yaml", section, schema_dir=schema_dir,
+                    prefix=section)
+
+
+@lru_cache(maxsize=None)
+def _defaults(section: str, schema_dir: str | None) -> str:
+    return json.dumps(check_section(section, {}, schema_dir=schema_dir))
+
+
+def section_defaults(section: str, *, schema_dir=None) -> dict[str, Any]:
+    """Every key of a section with its default (nested sections filled in);
+    a fresh dict on every call."""
+    return json.loads(_defaults(section, None if schema_dir is None else str(schema_dir)))
+
+
+# ---------------------------------------------------------------------------
+# config/README.md's key tables
+# ---------------------------------------------------------------------------
+
+
+def _type_text(sub: Mapping[str, Any]) -> str:
+    """A short human reading of a property's type."""
+    if "$ref" in sub:
+        ref = sub["$ref"].rsplit("/", 1)[-1]
+        return {"odd_int": "odd integer", "per_axis_number": "number or array"}.get(ref, ref.replace("_", " "))
+    if "enum" in sub:
+        return "one of " + ", ".join(f"`{json.dumps(v)}`" if not isinstance(v, str) else f"`{v}`"
+                                     for v in sub["enum"])
+    for combiner in ("oneOf", "anyOf"):
+        if combiner in sub:
+            return " or ".join(dict.fromkeys(_type_text(s) for s in sub[combiner]))
+    kind = sub.get("type")
+    if isinstance(kind, list):
+        return " or ".join(kind)
+    if kind == "array" and isinstance(sub.get("items"), Mapping):
+        return f"array of {_type_text(sub['items'])}"
+    return kind or "any"
+
+
+def _default_text(sub: Mapping[str, Any]) -> str:
+    if "default" not in sub:
+        return "required" if sub.get("required") else ""
+    value = sub["default"]
+    return "null" if value is None else f"`{json.dumps(value, ensure_ascii=False)}`"
+
+
+def _rows(properties: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    for key, sub in properties.items():
+        description = " ".join(str(sub.get("description", "")).split())
+        yield f"| `{prefix}{key}` | {_type_text(sub)} | {_default_text(sub)} | {description} |"
+        nested = sub.get("properties")
+        if sub.get("type") == "object" and isinstance(nested, Mapping):
+            yield from _rows(nested, f"{prefix}{key}.")
+
+
+def key_tables(sections: tuple[str, ...], *, schema_dir=None) -> str:
+    """Markdown: for each section, its schema's description and a table of
+    its keys (type, default, meaning), nested sections' keys included.
+    This is what ``config/README.md`` shows between its generated markers."""
+    parts = []
+    for section in sections:
+        schema = section_schema(section, schema_dir=schema_dir)
+        description = " ".join(str(schema.get("description", "")).split())
+        parts += [f"### `{section}`", "", description, "",
+                  "| key | type | default | meaning |", "| --- | --- | --- | --- |",
+                  *_rows(schema.get("properties") or {}, f"{section}."), ""]
+    return "\n".join(parts).rstrip() + "\n"
