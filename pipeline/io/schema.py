@@ -138,13 +138,13 @@ def _format_error(error, prefix: str) -> list[str]:
     return [f"{path or '(top level)'}: {error.message}"]
 
 
-def validate(instance: Any, schema_name: str, what: str, *, fill: bool = True, schema_dir=None,
+def validate(instance: Any, schema_name: str, what: str | None, *, fill: bool = True, schema_dir=None,
              prefix: str = "") -> Any:
     """Validate ``instance`` against ``schema_dir/schema_name``.
 
     Returns a copy with the defaults filled in (``fill``). Every problem is
-    raised at once, as one :class:`ConfigError` beginning with ``what``, each
-    naming its key (``prefix`` is put before the keys' paths).
+    raised at once, as one :class:`ConfigError` beginning with ``what`` (if
+    given), each naming its key (``prefix`` is put before the keys' paths).
     """
     schema, registry, filling, plain = _validators(str(schema_dir or SCHEMA_DIR), schema_name)
     instance = copy.deepcopy(instance)
@@ -153,7 +153,7 @@ def validate(instance: Any, schema_name: str, what: str, *, fill: bool = True, s
                     key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [line for error in errors for line in _format_error(error, prefix)]
-        raise ConfigError(f"{what}: " + "; ".join(dict.fromkeys(lines)))
+        raise ConfigError((f"{what}: " if what else "") + "; ".join(dict.fromkeys(lines)))
     return instance
 
 
@@ -187,7 +187,7 @@ def check_section(section: str, params: Mapping[str, Any] | None = None, *, sche
     """
     if params is not None and not isinstance(params, Mapping):
         raise ConfigError(f"{section}: expected a mapping of keys, got {type(params).__name__}")
-    return validate(dict(params or {}), f"{section}.schema.yaml", section, schema_dir=schema_dir,
+    return validate(dict(params or {}), f"{section}.schema.yaml", None, schema_dir=schema_dir,
                     prefix=section)
 
 
