@@ -344,14 +344,15 @@ def _register_refine(sub: Any) -> None:
     add_compute_options(parser)
 
     def refine_command(args: argparse.Namespace) -> int:
-        from .refine import DEFAULT_PARAMS, failure_summary, run
+        from .io.schema import check_section
+        from .refine import failure_summary, run
 
         params = stage_params(args, "refine")
         refined = run(
             args.movie, args.features, args.output, params,
             compute=compute_params(args), threads=args.threads,
         )
-        limit = params.get("max_failed_fraction", DEFAULT_PARAMS["max_failed_fraction"])
+        limit = check_section("refine", params)["max_failed_fraction"]
         summary = failure_summary(refined, max_failed_fraction=limit)
         flag = f" (above max_failed_fraction {limit})" if summary["failed_fraction_exceeded"] else ""
         print(

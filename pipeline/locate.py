@@ -29,11 +29,10 @@ import pandas as pd
 from .compute import map_frame_chunks
 from .io.movie import Movie, MovieError, open_movie
 from .io.tables import write_table
-from .io.config import with_defaults
+from .io.schema import check_section, section_defaults
 
 __all__ = [
     "TRACKPY_OPTIONS",
-    "DEFAULT_PARAMS",
     "locate_frames",
     "locate_movie",
     "empty_features",
@@ -42,27 +41,12 @@ __all__ = [
 
 log = logging.getLogger("trackflow.locate")
 
-#: trackpy.locate's keyword arguments with trackpy's own defaults (besides
-#: ``diameter``). ``filter_before``/``filter_after`` are left out: trackpy
-#: rejects or ignores them.
+#: trackpy.locate's keyword arguments besides ``diameter``, with trackpy's own
+#: defaults (as workflow/schemas/locate.schema.yaml gives them).
+#: ``filter_before``/``filter_after`` are left out: trackpy rejects or ignores them.
 TRACKPY_OPTIONS: dict[str, Any] = {
-    "minmass": None,
-    "maxsize": None,
-    "separation": None,
-    "noise_size": 1,
-    "smoothing_size": None,
-    "threshold": None,
-    "invert": False,
-    "percentile": 64,
-    "topn": None,
-    "preprocess": True,
-    "max_iterations": 10,
-    "characterize": True,
-    "engine": "auto",
+    key: value for key, value in section_defaults("locate").items() if key not in ("diameter", "frames_per_task")
 }
-
-#: The ``locate`` config section with its defaults.
-DEFAULT_PARAMS: dict[str, Any] = {"diameter": 11, **TRACKPY_OPTIONS, "frames_per_task": None}
 
 
 def _per_axis(name: str, value: Any, ndim: int) -> tuple:
@@ -74,17 +58,12 @@ def _per_axis(name: str, value: Any, ndim: int) -> tuple:
     return values
 
 
-def _is_int(value: Any, minimum: int) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    try:
-        return float(value).is_integer() and int(value) >= minimum
-    except (TypeError, ValueError):
-        return False
-
-
 def _check_options(diameter: Any, options: Mapping[str, Any], ndim: int) -> dict[str, Any]:
-    """Validate trackpy options once, at the boundary; errors name the key."""
+    """Validate trackpy options once, at the boundary; errors name the key.
+
+    Types and ranges are the schema's (``locate.schema.yaml``); what depends
+    on the frames' dimensionality is checked here.
+    """
     unknown = sorted(set(options) - set(TRACKPY_OPTIONS))
     if unknown:
         raise ValueError(
@@ -92,11 +71,8 @@ def _check_options(diameter: Any, options: Mapping[str, Any], ndim: int) -> dict
         )
     if ndim not in (2, 3):
         raise ValueError(f"locate: frames must be 2D or 3D, got {ndim} spatial dimensions")
+    check_section("locate", {"diameter": diameter, **options})
     diameters = _per_axis("diameter", diameter, ndim)
-    if not all(_is_int(d, 1) and int(d) % 2 == 1 for d in diameters):
-        raise ValueError(
-            f"locate: diameter must be an odd positive integer, or one per axis, got {diameter!r}"
-        )
     per_axis = isinstance(diameter, (list, tuple, np.ndarray))
     checked: dict[str, Any] = {
         "diameter": tuple(int(d) for d in diameters) if per_axis else int(diameter)
@@ -108,17 +84,6 @@ def _check_options(diameter: Any, options: Mapping[str, Any], ndim: int) -> dict
     if len(set(diameters)) > 1 and checked.get("maxsize") is not None:
         raise ValueError(
             "locate: maxsize cannot be used with an anisotropic diameter (trackpy has no single size then)"
-        )
-    for key, minimum in (("topn", 1), ("max_iterations", 0)):
-        value = checked.get(key)
-        if value is not None and not _is_int(value, minimum):
-            raise ValueError(f"locate: {key} must be an integer >= {minimum}, got {value!r}")
-    percentile = checked.get("percentile", 64)
-    if not isinstance(percentile, (int, float, np.number)) or not 0 <= percentile <= 100:
-        raise ValueError(f"locate: percentile must be a number within 0..100, got {percentile!r}")
-    if checked.get("engine", "auto") not in ("auto", "python", "numba"):
-        raise ValueError(
-            f"locate: engine must be 'auto', 'python' or 'numba', got {checked['engine']!r}"
         )
     return checked
 
@@ -276,10 +241,6 @@ def locate_movie(
     if "diameter" not in options:
         raise ValueError("locate: the parameter 'diameter' is required")
     options = _check_options(options.pop("diameter"), options, movie.ndim)
-    if frames_per_task is not None and not _is_int(frames_per_task, 1):
-        raise ValueError(
-            f"locate: frames_per_task must be a positive integer or null, got {frames_per_task!r}"
-        )
     if not movie.complete:
         log.warning(
             "%s is not marked complete (acquisition interrupted?); locating its %d frames",
@@ -314,10 +275,6 @@ def locate_movie(
     return features
 
 
-def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    return with_defaults("locate", params, DEFAULT_PARAMS)
-
-
 def run(
     movie: str | os.PathLike,
     output: str | os.PathLike,
@@ -334,8 +291,8 @@ def run(
     output : path
         The features table to write (Parquet, with provenance).
     params : mapping
-        The ``locate`` config section (keys of :data:`DEFAULT_PARAMS`; missing
-        keys take those defaults, unknown keys are an error).
+        The ``locate`` config section (``locate.schema.yaml``: missing keys
+        take its defaults, unknown keys and bad values are errors naming the key).
     compute : mapping, optional
         The ``compute`` config section.
     threads : int, optional
@@ -346,7 +303,7 @@ def run(
     DataFrame
         The features written.
     """
-    resolved = _resolve_params(params)
+    resolved = check_section("locate", params)
     opened = _open(movie)
     options = {k: v for k, v in resolved.items() if k != "frames_per_task"}
     features = locate_movie(

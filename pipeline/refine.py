@@ -67,13 +67,10 @@ import pandas as pd
 from .compute import map_frame_chunks
 from .io.movie import Movie, MovieError, open_movie
 from .io.tables import position_columns, read_table, table_metadata, write_table
-from .io.config import with_defaults
+from .io.schema import check_section, section_defaults
 
 __all__ = [
-    "METHODS",
     "FIT_FUNCTIONS",
-    "PARAM_MODES",
-    "DEFAULT_PARAMS",
     "refine_frames",
     "refine_movie",
     "failure_summary",
@@ -83,11 +80,9 @@ __all__ = [
 
 log = logging.getLogger("trackflow.refine")
 
-METHODS = ("none", "leastsq")
 #: Model functions of trackpy (``inv_series_<N>`` for any N >= 1 as well).
 #: ``hat`` is the name trackpy's docstring uses for its ``disc`` function.
 FIT_FUNCTIONS = ("gauss", "disc", "hat", "ring")
-PARAM_MODES = ("const", "var", "cluster", "global")
 #: Our defaults under ``param_mode`` (trackpy's: positions and signal ``var``,
 #: background ``cluster``, everything else ``const``). One size per cluster:
 #: the spots of a cluster share the point-spread function. On simulated
@@ -97,31 +92,14 @@ PARAM_MODES = ("const", "var", "cluster", "global")
 #: clusters of 4).
 DEFAULT_PARAM_MODE = {"size": "cluster"}
 
-#: Options of :func:`refine_frames` with their defaults (besides ``diameter``
-#: and ``method``); ``None`` means trackpy's own choice.
-FIT_OPTIONS: dict[str, Any] = {
-    "fit_function": "gauss",
-    "param_mode": None,
-    "param_val": None,
-    "bounds": None,
-    "separation": None,
-    "max_iter": 10,
-    "max_shift": 1.0,
-    "max_rms_dev": 1.0,
-    "pos_columns": None,
-    "fit_isolated": False,
-    "max_cluster_size": 4,
-}
+#: Defaults of every key (workflow/schemas/refine.schema.yaml).
+_DEFAULTS = section_defaults("refine")
+#: Options of :func:`refine_frames` besides ``diameter`` and ``method``.
+FIT_OPTIONS: tuple[str, ...] = tuple(
+    key for key in _DEFAULTS if key not in ("method", "diameter", "max_failed_fraction", "frames_per_task")
+)
 
-#: The ``refine`` config section with its defaults.
-DEFAULT_PARAMS: dict[str, Any] = {
-    "method": "leastsq",
-    "diameter": None,
-    **FIT_OPTIONS,
-    "max_failed_fraction": 0.2,
-    "frames_per_task": None,
-}
-
+_MAPPINGS = ("param_mode", "param_val", "bounds")
 _AXES = ("z", "y", "x")
 _OUTPUT_TAIL = ("cost", "cluster", "cluster_size", "fit_background", "fit_signal")
 #: Values of the ``fit_status`` column.
@@ -205,16 +183,17 @@ def _check_mapping(name: str, value: Any) -> dict:
 def _check_fit_options(
     ndim: int, diameter: tuple[int, ...], pos_columns: Sequence[str], options: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Validate the fit options once; returns them ready for trackpy."""
+    """Validate the fit options once; returns them ready for trackpy.
+
+    Types and ranges are the schema's (``refine.schema.yaml``); the names a
+    fit parameter may take depend on the model and the dimensionality, so
+    they are checked here.
+    """
+    # the library's None for param_mode, param_val and bounds is the schema's {}
+    check_section("refine", {k: v for k, v in options.items() if v is not None or k not in _MAPPINGS})
     opts = dict(options)
     fit_isolated = opts.pop("fit_isolated", False)
-    if not isinstance(fit_isolated, (bool, np.bool_)):
-        raise ValueError(f"refine: fit_isolated must be true or false, got {fit_isolated!r}")
     max_cluster_size = opts.pop("max_cluster_size", None)
-    if max_cluster_size is not None and (
-        isinstance(max_cluster_size, bool) or not isinstance(max_cluster_size, (int, np.integer)) or max_cluster_size < 1
-    ):
-        raise ValueError(f"refine: max_cluster_size must be a positive integer or null, got {max_cluster_size!r}")
     opts["fit_function"] = _fit_function_name(opts["fit_function"])
     isotropic = len(set(diameter)) == 1
     model = _fit_model(opts["fit_function"], ndim, isotropic)
@@ -227,14 +206,10 @@ def _check_fit_options(
     for key, mode in param_mode.items():
         if key not in names + aliases:
             raise ValueError(f"refine: unknown param_mode key {key!r}; known: {names + aliases}")
-        if mode not in PARAM_MODES:
-            raise ValueError(f"refine: param_mode.{key} must be one of {list(PARAM_MODES)}, got {mode!r}")
     param_val = _check_mapping("param_val", opts["param_val"])
     for key, value in param_val.items():
         if key not in names:
             raise ValueError(f"refine: unknown param_val key {key!r}; known: {names}")
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError(f"refine: param_val.{key} must be a number, got {value!r}")
     bounds = _check_mapping("bounds", opts["bounds"])
     for key, value in bounds.items():
         base = key[:-4] if key.endswith(("_abs", "_rel")) else key
@@ -244,21 +219,11 @@ def _check_fit_options(
                 "optionally with _abs or _rel"
             )
         pair = value if isinstance(value, (list, tuple)) else [value]
-        if not 1 <= len(pair) <= 2 or any(
-            v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in pair
-        ):
-            raise ValueError(f"refine: bounds.{key} must be a number or [low, high], got {value!r}")
         bounds[key] = tuple(np.nan if v is None else float(v) for v in pair) if len(pair) == 2 else float(pair[0])
     separation = opts["separation"]
     if separation is not None:
         separation = _per_axis("separation", separation, ndim)
     max_iter = opts["max_iter"]
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"refine: max_iter must be a positive integer, got {max_iter!r}")
-    for key in ("max_shift", "max_rms_dev"):
-        value = opts[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"refine: {key} must be a positive number, got {value!r}")
 
     # the fitted parameters worth reporting besides the positions
     modes = dict(model.param_mode)
@@ -439,18 +404,18 @@ def refine_frames(
     features: pd.DataFrame,
     *,
     diameter: int | Sequence[int],
-    method: str = "leastsq",
-    fit_function: str = "gauss",
+    method: str = _DEFAULTS["method"],
+    fit_function: str = _DEFAULTS["fit_function"],
     param_mode: Mapping[str, str] | None = None,
     param_val: Mapping[str, float] | None = None,
     bounds: Mapping[str, Any] | None = None,
-    separation: float | Sequence[float] | None = None,
-    max_iter: int = 10,
-    max_shift: float = 1.0,
-    max_rms_dev: float = 1.0,
-    pos_columns: Sequence[str] | None = None,
-    fit_isolated: bool = False,
-    max_cluster_size: int | None = 4,
+    separation: float | Sequence[float] | None = _DEFAULTS["separation"],
+    max_iter: int = _DEFAULTS["max_iter"],
+    max_shift: float = _DEFAULTS["max_shift"],
+    max_rms_dev: float = _DEFAULTS["max_rms_dev"],
+    pos_columns: Sequence[str] | None = _DEFAULTS["pos_columns"],
+    fit_isolated: bool = _DEFAULTS["fit_isolated"],
+    max_cluster_size: int | None = _DEFAULTS["max_cluster_size"],
 ) -> pd.DataFrame:
     """Refine the features of consecutive frames (one Dask task's work).
 
@@ -517,8 +482,7 @@ def refine_frames(
         located positions and get ``cost`` NaN; no row is ever dropped.
     """
     frames = np.asarray(frames)
-    if method not in METHODS:
-        raise ValueError(f"refine: method must be one of {list(METHODS)}, got {method!r}")
+    check_section("refine", {"method": method})
     pos = _pos_columns(features, pos_columns)
     ndim = len(pos)
     if frames.ndim != ndim + 1:
@@ -608,20 +572,6 @@ def refine_frames(
 # ---------------------------------------------------------------------------
 # the movie
 # ---------------------------------------------------------------------------
-def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The config section with defaults filled in; unknown keys are errors."""
-    resolved = with_defaults("refine", params, DEFAULT_PARAMS)
-    if resolved["method"] not in METHODS:
-        raise ValueError(f"refine: method must be one of {list(METHODS)}, got {resolved['method']!r}")
-    fraction = resolved["max_failed_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-        raise ValueError(f"refine: max_failed_fraction must be a number in [0, 1], got {fraction!r}")
-    per_task = resolved["frames_per_task"]
-    if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1):
-        raise ValueError(f"refine: frames_per_task must be a positive integer or null, got {per_task!r}")
-    return resolved
-
-
 def failure_summary(
     refined: pd.DataFrame, *, max_failed_fraction: float, max_cluster_size: int | None = None
 ) -> dict[str, Any]:
@@ -670,7 +620,7 @@ def refine_movie(
     threads : int, optional
         Local workers.
     **params
-        The ``refine`` section: keys of :data:`DEFAULT_PARAMS`
+        The ``refine`` section: keys of ``refine.schema.yaml``
         (``diameter`` must be given here).
 
     Returns
@@ -680,7 +630,7 @@ def refine_movie(
         unique over the movie. A share of failed fits above
         ``max_failed_fraction`` is logged as a warning.
     """
-    resolved = _resolve_params(params)
+    resolved = check_section("refine", params)
     opened = movie if isinstance(movie, Movie) else open_movie(movie)
     pos = _pos_columns(features, resolved["pos_columns"])
     if len(pos) != opened.ndim:
@@ -756,7 +706,7 @@ def run(
     output : path
         The refined table to write (Parquet, with provenance).
     params : mapping
-        The ``refine`` config section (keys of :data:`DEFAULT_PARAMS`;
+        The ``refine`` config section (keys of ``refine.schema.yaml``;
         missing keys take those defaults, unknown keys are an error).
         ``diameter: null`` takes locate's diameter from the features table's
         provenance.
@@ -770,7 +720,7 @@ def run(
     DataFrame
         The refined table written.
     """
-    resolved = _resolve_params(params)
+    resolved = check_section("refine", params)
     table = read_table(features, required=["frame", "y", "x"], stage="locate")
     diameter_source = "refine.diameter"
     if resolved["diameter"] is None:

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-from numbers import Real
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,55 +45,38 @@ from scipy import ndimage as ndi
 
 from .compute import dask_scheduler, frame_ranges, read_frames, scheduler_workers, validate_compute
 from .io.movie import Movie, MovieError, create_movie, open_movie
-from .io.config import with_defaults
+from .io.schema import check_section, section_defaults
 
-__all__ = ["DEFAULTS", "THRESHOLD_METHODS", "frame_threshold", "segment_frame", "segment_frames", "segment_movie", "run",
+__all__ = ["frame_threshold", "segment_frame", "segment_frames", "segment_movie", "run",
            "mark_as_labels"]
 
 log = logging.getLogger("trackflow.segment")
 
-THRESHOLD_METHODS = ("otsu", "triangle")
-
-#: the ``segment`` config section's keys and defaults (as in segment.schema.yaml)
-DEFAULTS: dict[str, Any] = {
-    "enabled": False,
-    "sigma": 1.0,
-    "threshold": "otsu",
-    "invert": False,
-    "fill_holes": True,
-    "connectivity": 1,
-    "min_size": 10,
-    "frames_per_task": None,
-}
-
+#: Defaults of every key (workflow/schemas/segment.schema.yaml).
+_DEFAULTS = section_defaults("segment")
 # keys that are keyword arguments of segment_frames
 _SEGMENT_KEYS = ("sigma", "threshold", "invert", "fill_holes", "connectivity", "min_size")
 
 
 def _check_options(ndim: int, sigma, threshold, invert, fill_holes, connectivity, min_size) -> tuple:
-    """Validate the segmentation options once; errors name the key."""
+    """Validate the segmentation options once; errors name the key.
+
+    Types and ranges are the schema's (``segment.schema.yaml``); what
+    depends on the frames' dimensionality is checked here.
+    """
     if ndim not in (2, 3):
         raise ValueError(f"segment: frames must be 2D (y, x) or 3D (z, y, x), got {ndim} spatial dimensions")
-    sigmas = np.atleast_1d(np.asarray(sigma, dtype=float)) if not isinstance(sigma, (bool, np.bool_)) else None
-    if sigmas is None or sigmas.ndim != 1 or len(sigmas) not in (1, ndim):
+    check_section("segment", dict(zip(_SEGMENT_KEYS, (sigma, threshold, invert, fill_holes, connectivity, min_size))))
+    sigmas = np.atleast_1d(np.asarray(sigma, dtype=float))
+    if len(sigmas) not in (1, ndim):
         raise ValueError(f"segment.sigma must be one number or one per axis ({ndim}), got {sigma!r}")
-    if np.any(~np.isfinite(sigmas)) or np.any(sigmas < 0):
-        raise ValueError(f"segment.sigma must be >= 0 pixels per axis, got {sigma!r}")
+    if np.any(~np.isfinite(sigmas)):
+        raise ValueError(f"segment.sigma must be finite, got {sigma!r}")
     sigmas = np.broadcast_to(sigmas, (ndim,))
-    if isinstance(threshold, str):
-        if threshold not in THRESHOLD_METHODS:
-            raise ValueError(
-                f"segment.threshold must be one of {list(THRESHOLD_METHODS)} or a number, got {threshold!r}"
-            )
-    elif isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, Real) or not math.isfinite(threshold):
-        raise ValueError(f"segment.threshold must be one of {list(THRESHOLD_METHODS)} or a number, got {threshold!r}")
-    for key, value in (("invert", invert), ("fill_holes", fill_holes)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"segment.{key} must be true or false, got {value!r}")
-    if isinstance(connectivity, (bool, np.bool_)) or connectivity not in range(1, ndim + 1):
+    if not isinstance(threshold, str) and not math.isfinite(threshold):
+        raise ValueError(f"segment.threshold must be 'otsu', 'triangle' or a finite number, got {threshold!r}")
+    if connectivity > ndim:
         raise ValueError(f"segment.connectivity must be 1..{ndim} for {ndim}D frames, got {connectivity!r}")
-    if isinstance(min_size, (bool, np.bool_)) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
-        raise ValueError(f"segment.min_size must be a whole number of voxels >= 0, got {min_size!r}")
     return tuple(float(s) for s in sigmas), threshold, bool(invert), bool(fill_holes), int(connectivity), int(min_size)
 
 
@@ -116,12 +98,12 @@ def frame_threshold(image: np.ndarray, threshold="otsu") -> float:
 def segment_frame(
     frame: np.ndarray,
     *,
-    sigma=1.0,
-    threshold="otsu",
-    invert: bool = False,
-    fill_holes: bool = True,
-    connectivity: int = 1,
-    min_size: int = 10,
+    sigma=_DEFAULTS["sigma"],
+    threshold=_DEFAULTS["threshold"],
+    invert: bool = _DEFAULTS["invert"],
+    fill_holes: bool = _DEFAULTS["fill_holes"],
+    connectivity: int = _DEFAULTS["connectivity"],
+    min_size: int = _DEFAULTS["min_size"],
 ) -> np.ndarray:
     """Label the objects of one frame (see :func:`segment_frames`)."""
     frame = np.asarray(frame)
@@ -162,12 +144,12 @@ def segment_frames(
     frames,
     first_frame: int = 0,
     *,
-    sigma=1.0,
-    threshold="otsu",
-    invert: bool = False,
-    fill_holes: bool = True,
-    connectivity: int = 1,
-    min_size: int = 10,
+    sigma=_DEFAULTS["sigma"],
+    threshold=_DEFAULTS["threshold"],
+    invert: bool = _DEFAULTS["invert"],
+    fill_holes: bool = _DEFAULTS["fill_holes"],
+    connectivity: int = _DEFAULTS["connectivity"],
+    min_size: int = _DEFAULTS["min_size"],
     skip=(),
 ) -> np.ndarray:
     """Label the objects of every frame of a stack.
@@ -273,8 +255,8 @@ def segment_movie(
         raise MovieError(f"{movie.path}: the movie has no frames; nothing to segment")
     unknown = sorted(set(options) - set(_SEGMENT_KEYS))
     if unknown:
-        raise ValueError(f"segment: unknown parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
-    checked = _check_options(movie.ndim, **{**{k: DEFAULTS[k] for k in _SEGMENT_KEYS}, **options})
+        raise ValueError(f"segment: unknown parameter(s) {unknown}; known: {list(_SEGMENT_KEYS)}")
+    checked = _check_options(movie.ndim, **{**{k: _DEFAULTS[k] for k in _SEGMENT_KEYS}, **options})
     options = dict(zip(_SEGMENT_KEYS, checked))
     compute = validate_compute(compute)
     per_task = frames_per_task if frames_per_task is not None else compute.get("frames_per_task")
@@ -344,16 +326,6 @@ def mark_as_labels(store: str | os.PathLike, source_image: str | os.PathLike | N
     os.replace(tmp, path)
 
 
-def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    resolved = with_defaults("segment", params, DEFAULTS)
-    per_task = resolved["frames_per_task"]
-    if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1):
-        raise ValueError(f"segment.frames_per_task must be a positive integer or null, got {per_task!r}")
-    if not isinstance(resolved["enabled"], (bool, np.bool_)):
-        raise ValueError(f"segment.enabled must be true or false, got {resolved['enabled']!r}")
-    return resolved
-
-
 def run(
     movie: str | os.PathLike,
     output: str | os.PathLike,
@@ -372,8 +344,8 @@ def run(
     output : path
         The label store to write.
     params : mapping
-        The ``segment`` config section (keys of :data:`DEFAULTS`; missing
-        keys take those defaults, unknown keys are an error). ``enabled``
+        The ``segment`` config section (``segment.schema.yaml``: missing
+        keys take its defaults, unknown keys and bad values are errors). ``enabled``
         only tells the workflow whether to run the stage.
     compute : mapping, optional
         The ``compute`` config section.
@@ -387,7 +359,7 @@ def run(
     Movie
         The label store, opened (its ``complete`` attribute is true).
     """
-    resolved = _resolve_params(params)
+    resolved = check_section("segment", params)
     opened = open_movie(movie)
     options = {k: resolved[k] for k in _SEGMENT_KEYS}
     return segment_movie(

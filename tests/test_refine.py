@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import trackpy
-import yaml
 from scipy.spatial import cKDTree
 
 from pipeline.cli import main
 from pipeline.io import MovieError, read_table, table_metadata, write_movie, write_table
-from pipeline.refine import DEFAULT_PARAMS, refine_frames, refine_movie, run
+from pipeline.refine import refine_frames, refine_movie, run
 from pipeline.simulate.render import render_gaussian_spots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -338,15 +337,6 @@ def test_run_rejects_bad_parameters_and_inputs(movie_run):
     with pytest.raises(FileNotFoundError):
         run(movie.path, tmp / "missing.parquet", tmp / "x.parquet", {})
     assert not (tmp / "x.parquet").exists()
-
-
-def test_schema_defaults_match_the_code():
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "refine.schema.yaml").read_text())
-    defaults = {key: spec.get("default") for key, spec in schema["properties"].items()}
-    assert set(defaults) == set(DEFAULT_PARAMS)
-    for key, value in DEFAULT_PARAMS.items():
-        assert defaults[key] == ({} if value is None and key in ("param_mode", "param_val", "bounds") else value), key
-    assert schema["additionalProperties"] is False
 
 
 def test_cli(movie_run, capsys):

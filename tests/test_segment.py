@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline import cli
 from pipeline.io import MovieError, create_movie, open_movie, write_movie
 from pipeline.io.config import validate_config
-from pipeline.segment import DEFAULTS, frame_threshold, run, segment_frame, segment_frames, segment_movie
+from pipeline.segment import frame_threshold, run, segment_frame, segment_frames, segment_movie
 from pipeline.simulate.objects import simulate_objects
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "workflow" / "schemas"
@@ -195,9 +194,6 @@ def test_cli_segment(objects_movie, tmp_path, capsys):
     assert "segment.threshold" in capsys.readouterr().err
 
 
-def test_schema_defaults_are_the_functions_defaults():
+def test_segmentation_is_opt_in():
     config = validate_config({}, schema_dir=SCHEMAS)
-    assert config["segment"] == DEFAULTS
-    assert config["segment"]["enabled"] is False  # opt-in
-    schema = yaml.safe_load((SCHEMAS / "segment.schema.yaml").read_text())
-    assert set(schema["properties"]) == set(DEFAULTS)
+    assert config["segment"]["enabled"] is False
