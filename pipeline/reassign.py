@@ -64,7 +64,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,12 +75,10 @@ from scipy.spatial import cKDTree
 from .flowfield import FlowField, pixel_scale
 from .io.movie import Movie, MovieError, create_movie, open_movie
 from .io.tables import write_table
-from .io.config import with_defaults
-from .matching import ASSIGNMENTS, assign, candidate_pairs, pair_costs
+from .io.schema import check_section, section_defaults
+from .matching import assign, candidate_pairs, pair_costs
 
 __all__ = [
-    "DEFAULTS",
-    "METHODS",
     "PairResult",
     "measure_objects",
     "reassign_labels",
@@ -93,7 +90,6 @@ __all__ = [
 
 log = logging.getLogger("trackflow.reassign")
 
-METHODS = ("flow", "overlap")
 # Rounds of match -> flow -> re-match per frame pair (stops early when stable).
 MAX_ROUNDS = 3
 # The outlier cut: links longer than outlier_factor x this quantile of the
@@ -101,21 +97,8 @@ MAX_ROUNDS = 3
 OUTLIER_QUANTILE = 0.9
 MIN_LINKS_FOR_OUTLIERS = 5
 
-#: the ``reassign`` config section's keys and defaults (as in reassign.schema.yaml)
-DEFAULTS: dict[str, Any] = {
-    "method": "flow",
-    "gate_um": None,
-    "cost_cutoff": None,
-    "outlier_factor": 2.5,
-    "assignment": "hungarian",
-    "appearance": True,
-    "flow_radius_um": None,
-    "flow_order": 0,
-    "max_error_um": None,
-    "eps_um": None,
-    "votes_follow_matches": True,
-    "min_iou": 0.0,
-}
+#: Defaults of every key (workflow/schemas/reassign.schema.yaml).
+_DEFAULTS = section_defaults("reassign")
 
 # keyword arguments of reassign_labels (the flow method)
 _FLOW_KEYS = (
@@ -254,36 +237,14 @@ class PairResult:
     n_filled: int = 0
 
 
-def _positive(name: str, value, *, allow_none: bool = True) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real) or not 0 < float(value) < math.inf:
-        raise ValueError(f"reassign.{name} must be a positive number{' or null' if allow_none else ''}, got {value!r}")
-    return float(value)
-
-
 def _check_flow_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The flow method's options checked against the schema
+    (``reassign.schema.yaml``), lengths and factors as floats."""
+    check_section("reassign", options)
     out = dict(options)
-    for key in ("gate_um", "outlier_factor", "flow_radius_um", "max_error_um", "eps_um"):
-        out[key] = _positive(key, out[key])
-    cutoff = out["cost_cutoff"]
-    if cutoff is not None and (
-        isinstance(cutoff, (bool, np.bool_)) or not isinstance(cutoff, Real) or math.isnan(cutoff)
-    ):
-        raise ValueError(f"reassign.cost_cutoff must be a number or null, got {cutoff!r}")
-    if out["assignment"] not in ASSIGNMENTS:
-        raise ValueError(f"reassign.assignment must be one of {list(ASSIGNMENTS)}, got {out['assignment']!r}")
-    if isinstance(out["flow_order"], (bool, np.bool_)) or out["flow_order"] not in (0, 1):
-        raise ValueError(f"reassign.flow_order must be 0 (weighted mean) or 1 (linear fit), got {out['flow_order']!r}")
-    for key in ("appearance", "votes_follow_matches"):
-        if not isinstance(out[key], (bool, np.bool_)):
-            raise ValueError(f"reassign.{key} must be true or false, got {out[key]!r}")
+    for key in ("gate_um", "outlier_factor", "flow_radius_um", "max_error_um", "eps_um", "cost_cutoff"):
+        out[key] = None if out[key] is None else float(out[key])
     return out
-
-
-def _check_min_iou(min_iou) -> None:
-    if isinstance(min_iou, (bool, np.bool_)) or not isinstance(min_iou, Real) or not 0 <= min_iou < 1:
-        raise ValueError(f"reassign.min_iou must be within [0, 1), got {min_iou!r}")
 
 
 def _gated_pairs(current, predicted, dst_tree, gate):
@@ -357,16 +318,16 @@ def reassign_labels(
     pixel_size_um=None,
     next_label: int | None = None,
     prior: FlowField | None = None,
-    gate_um: float | None = None,
-    cost_cutoff: float | None = DEFAULTS["cost_cutoff"],
-    outlier_factor: float | None = DEFAULTS["outlier_factor"],
-    assignment: str = "hungarian",
-    appearance: bool = True,
-    flow_radius_um: float | None = None,
-    flow_order: int = 0,
-    max_error_um: float | None = None,
-    eps_um: float | None = None,
-    votes_follow_matches: bool = True,
+    gate_um: float | None = _DEFAULTS["gate_um"],
+    cost_cutoff: float | None = _DEFAULTS["cost_cutoff"],
+    outlier_factor: float | None = _DEFAULTS["outlier_factor"],
+    assignment: str = _DEFAULTS["assignment"],
+    appearance: bool = _DEFAULTS["appearance"],
+    flow_radius_um: float | None = _DEFAULTS["flow_radius_um"],
+    flow_order: int = _DEFAULTS["flow_order"],
+    max_error_um: float | None = _DEFAULTS["max_error_um"],
+    eps_um: float | None = _DEFAULTS["eps_um"],
+    votes_follow_matches: bool = _DEFAULTS["votes_follow_matches"],
 ) -> PairResult:
     """Carry the labels of frame t onto the objects of frame t+1.
 
@@ -567,7 +528,7 @@ def _heaviest(group: np.ndarray, value: np.ndarray, weight: np.ndarray | None = 
 
 
 def match_by_overlap(
-    labels_t, labels_t1, *, next_label: int | None = None, min_iou: float = 0.0
+    labels_t, labels_t1, *, next_label: int | None = None, min_iou: float = _DEFAULTS["min_iou"]
 ) -> tuple[np.ndarray, int]:
     """The plain baseline: each object at t+1 takes the label at t it overlaps
     best (one-to-one, maximising the summed IoU); the others get fresh labels.
@@ -591,7 +552,7 @@ def match_by_overlap(
     labels_t1 = _check_labels(labels_t1, "labels_t1", labels_t.ndim)
     if labels_t.shape != labels_t1.shape:
         raise ValueError(f"labels_t {labels_t.shape} and labels_t1 {labels_t1.shape} differ in shape")
-    _check_min_iou(min_iou)
+    check_section("reassign", {"min_iou": min_iou})
     top = int(labels_t.max()) if labels_t.size else 0
     next_label = top + 1 if next_label is None else max(int(next_label), top + 1)
     out = np.zeros(labels_t1.shape, dtype=np.int32)
@@ -644,7 +605,7 @@ def _mark_as_labels(store, source_image=None) -> None:
     os.replace(tmp, path)
 
 
-def iter_reassigned(labels_movie, movie=None, *, method: str = "flow", **options):
+def iter_reassigned(labels_movie, movie=None, *, method: str = _DEFAULTS["method"], **options):
     """Reassign a label store frame by frame, as a stream.
 
     Returns an iterator of ``(frame, labels, image, info)`` for every frame
@@ -657,8 +618,7 @@ def iter_reassigned(labels_movie, movie=None, *, method: str = "flow", **options
     """
     labels_movie = _open(labels_movie)
     movie = None if movie is None else _open(movie)
-    if method not in METHODS:
-        raise ValueError(f"reassign.method must be one of {list(METHODS)}, got {method!r}")
+    check_section("reassign", {"method": method})
     if not np.issubdtype(labels_movie.dtype, np.integer):
         raise MovieError(f"{labels_movie.path}: a label store must hold integers, not {labels_movie.dtype}")
     if movie is not None:
@@ -673,9 +633,9 @@ def iter_reassigned(labels_movie, movie=None, *, method: str = "flow", **options
         raise ValueError(f"reassign: unknown parameter(s) {unknown} for method {method!r}")
     if method == "flow":
         options.setdefault("pixel_size_um", labels_movie.pixel_size_um)
-        _check_flow_options({**{k: DEFAULTS[k] for k in _FLOW_KEYS}, **{k: v for k, v in options.items() if k in _FLOW_KEYS}})
+        check_section("reassign", {k: v for k, v in options.items() if k in _FLOW_KEYS})
     else:
-        _check_min_iou(options.get("min_iou", 0.0))
+        check_section("reassign", options)
     skip = set(int(i) for i in labels_movie.dropped_frames)
     if movie is not None:
         skip |= set(int(i) for i in movie.dropped_frames)
@@ -719,7 +679,7 @@ def reassign_movie(
     movie,
     output,
     *,
-    method: str = "flow",
+    method: str = _DEFAULTS["method"],
     overwrite: bool = False,
     metadata: Mapping[str, Any] | None = None,
     **options: Any,
@@ -832,15 +792,6 @@ def _empty_table(pos_cols) -> pd.DataFrame:
 # ---------------------------------------------------------------------------
 
 
-def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    resolved = with_defaults("reassign", params, DEFAULTS)
-    if resolved["method"] not in METHODS:
-        raise ValueError(f"reassign.method must be one of {list(METHODS)}, got {resolved['method']!r}")
-    _check_flow_options({k: resolved[k] for k in _FLOW_KEYS})
-    _check_min_iou(resolved["min_iou"])
-    return resolved
-
-
 def run(
     movie: str | os.PathLike,
     labels: str | os.PathLike,
@@ -864,8 +815,8 @@ def run(
     table : path
         The per-label, per-frame table to write (Parquet, with provenance).
     params : mapping
-        The ``reassign`` config section (keys of :data:`DEFAULTS`; missing
-        keys take those defaults, unknown keys are an error).
+        The ``reassign`` config section (``reassign.schema.yaml``: missing
+        keys take its defaults, unknown keys and bad values are errors).
     overwrite : bool
         Replace an existing output store.
 
@@ -874,7 +825,7 @@ def run(
     DataFrame
         The table written.
     """
-    resolved = _resolve_params(params)
+    resolved = check_section("reassign", params)
     method = resolved["method"]
     options = {k: resolved[k] for k in _FLOW_KEYS} if method == "flow" else {"min_iou": resolved["min_iou"]}
     opened_movie = open_movie(movie)

@@ -20,9 +20,7 @@ from scipy import ndimage as ndi
 from pipeline import cli
 from pipeline import segment as segment_stage
 from pipeline.io import MovieError, create_movie, open_movie, read_table, table_metadata
-from pipeline.io.config import validate_config
 from pipeline.reassign import (
-    DEFAULTS,
     match_by_overlap,
     measure_objects,
     reassign_labels,
@@ -317,13 +315,6 @@ def test_cli_reassign(disc_movie, tmp_path, capsys):
     code = cli.main(["reassign", str(disc_movie), str(labels), "-o", str(tmp_path / "s.ome.zarr"),
                      "--table", str(tmp_path / "s.parquet"), "--set", "outlier_factor=-1"])
     assert code == 2 and "reassign.outlier_factor" in capsys.readouterr().err
-
-
-def test_schema_defaults_are_the_functions_defaults():
-    config = validate_config({}, schema_dir=SCHEMAS)
-    assert config["reassign"] == DEFAULTS
-    schema = yaml.safe_load((SCHEMAS / "reassign.schema.yaml").read_text())
-    assert set(schema["properties"]) == set(DEFAULTS)
 
 
 # -- the Snakemake rules ----------------------------------------------------------------
