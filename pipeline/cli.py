@@ -229,9 +229,10 @@ def _register_record(sub: Any) -> None:
     add_params_options(p)
 
     def run_record(args: argparse.Namespace) -> int:
-        from .acquire import DEFAULTS, WRITER_KEYS, record, validate_params
+        from .acquire import WRITER_KEYS, record
+        from .io.schema import check_section
 
-        settings = validate_params(stage_params(args, "acquire"), "record")
+        settings = check_section("acquire", stage_params(args, "acquire"))
         metadata = json.loads(args.metadata) if args.metadata else {}
         if args.pixel_size_um:
             metadata["pixel_size_um"] = args.pixel_size_um
@@ -245,7 +246,7 @@ def _register_record(sub: Any) -> None:
             run=args.run,
             start_timeout_s=args.start_timeout,
             progress=not args.quiet,
-            acquisition={k: settings[k] for k in DEFAULTS},
+            acquisition=settings,
             **{k: settings[k] for k in WRITER_KEYS},
         )
         print(_acquire_summary(movie), file=sys.stderr)

@@ -38,7 +38,7 @@ def test_run_simulated_writes_movie_and_truth(tmp_path):
     output = tmp_path / "sim1" / "movie.ome.zarr"
     source = {"kind": "simulated", "shape": [48, 64], "n_frames": 12, "seed": 4, "diameters_nm": [100]}
     params = {"clevel": 5, "hwm": 8, "frames_per_shard": 5, "timeout_s": 20}
-    run(source, output, params)
+    run(source, output, params, truth=output.parent / "truth.parquet")
     movie = open_movie(output)
     assert movie.complete and len(movie) == 12 and movie.frames_per_shard == 5
     from pipeline.simulate import simulate_movie
@@ -54,7 +54,7 @@ def test_run_simulated_writes_movie_and_truth(tmp_path):
     provenance = table_metadata(output.parent / "truth.parquet")
     assert provenance["stage"] == "acquire" and provenance["params"] == params
     # run() replaces an existing store (Snakemake already removed it; a rerun by hand must not fail)
-    run(source, output, params)
+    run(source, output, params, truth=output.parent / "truth.parquet")
     assert open_movie(output).complete
 
 
@@ -62,7 +62,7 @@ def test_run_rejects_unknown_parameters_and_source_keys(tmp_path):
     source = {"kind": "simulated", "n_frames": 3}
     with pytest.raises(ValueError, match="'hwn'"):
         run(source, tmp_path / "m.ome.zarr", {"hwn": 4})
-    with pytest.raises(ValueError, match="'transport'"):
+    with pytest.raises(ValueError, match="acquire.transport"):
         run(source, tmp_path / "m.ome.zarr", {"transport": "udp"})
     with pytest.raises(ValueError, match="'pixel_size_um'"):
         run({"kind": "tiff", "path": "x.tif", "frame_interval_s": 1}, tmp_path / "m.ome.zarr", {})

@@ -35,12 +35,13 @@ from typing import Any, Iterator, Mapping
 import zmq
 
 from ..io.movie import Movie, MovieError, open_movie
+from ..io.schema import check_section
 from ..io.tables import write_table
 from . import wire
 from .camera import Camera, CameraFrame, SimulatedCamera, paced
 from .preview import preview
 from .sources import ImageSequenceSource, TiffSource, ZarrSource, open_source
-from .stream import DEFAULT_HWM, Publisher, PublishStats, StreamError, publish
+from .stream import Publisher, PublishStats, StreamError, publish
 from .writer import StreamReceiver, WriterProcess, record
 
 __all__ = [
@@ -63,49 +64,11 @@ __all__ = [
     "WriterProcess",
     "paced",
     "wire",
-    "DEFAULTS",
     "WRITER_KEYS",
-    "validate_params",
 ]
 
-# The ``acquire`` config section: its keys and defaults (workflow/schemas/acquire.schema.yaml).
-DEFAULTS: dict[str, Any] = {
-    "frames_per_shard": None,  # None: about 64 MiB of raw frames per shard file
-    "clevel": 5,  # Blosc-LZ4 level
-    "compression_threads": None,  # None: all cores
-    "hwm": DEFAULT_HWM,  # frames queued on each side of the lossless socket
-    "pub_endpoint": None,  # PUB socket for live viewers (None: none)
-    "timeout_s": 30.0,  # silence that ends an interrupted stream
-    "transport": "ipc",  # "ipc" (Unix socket) or "tcp" (loopback) for the writer
-    "rate_fps": None,  # pace file/simulated sources like a free-running camera
-    "camera_buffer_frames": 64,  # with rate_fps: frames the emulated camera holds
-    "max_frame_bytes": wire.MAX_FRAME_BYTES,  # larger frames are refused
-}
+# The ``acquire`` keys that the writer process takes (the rest are the publisher's).
 WRITER_KEYS = ("frames_per_shard", "clevel", "compression_threads", "hwm", "timeout_s", "max_frame_bytes")
-
-
-def validate_params(settings: Mapping[str, Any], where: str = "acquire") -> dict[str, Any]:
-    """The ``acquire`` section merged over :data:`DEFAULTS`; an unknown key or
-    a bad value is a ValueError naming it."""
-    unknown = [k for k in settings if k not in DEFAULTS]
-    if unknown:
-        raise ValueError(f"{where}: unknown parameter '{unknown[0]}' (known: {sorted(DEFAULTS)})")
-    merged = {**DEFAULTS, **{k: v for k, v in settings.items()}}
-    if merged["transport"] not in ("ipc", "tcp"):
-        raise ValueError(f"{where}: parameter 'transport' must be 'ipc' or 'tcp', got {merged['transport']!r}")
-    for key in ("hwm", "clevel", "camera_buffer_frames", "max_frame_bytes"):
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "clevel" else 1):
-            raise ValueError(f"{where}: parameter '{key}' must be a positive integer, got {value!r}")
-    for key in ("frames_per_shard", "compression_threads"):
-        value = merged[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{where}: parameter '{key}' must be a positive integer or null, got {value!r}")
-    for key in ("timeout_s", "rate_fps"):
-        value = merged[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(f"{where}: parameter '{key}' must be a positive number or null, got {value!r}")
-    return merged
 
 
 def _loopback_endpoint(transport: str) -> tuple[str, Path | None]:
@@ -175,7 +138,8 @@ def acquire(
     run : str, optional
         Run name in the messages (default: the output's parent directory).
     **settings
-        The ``acquire`` config keys (:data:`DEFAULTS`), except ``pub_endpoint``.
+        The ``acquire`` config keys (``acquire.schema.yaml``; missing keys
+        take its defaults), except ``pub_endpoint``.
 
     Returns
     -------
@@ -183,7 +147,7 @@ def acquire(
         The written store; ``movie.complete`` is false if the stream was
         interrupted.
     """
-    settings = validate_params(settings, "acquire")
+    settings = check_section("acquire", settings)
     pub_endpoint = pub_endpoint or settings.pop("pub_endpoint")
     output = Path(output)
     if output.exists() and not overwrite:
@@ -196,7 +160,7 @@ def acquire(
     if endpoint is None:
         endpoint, ipc_path = _loopback_endpoint(settings["transport"])
     acquisition = {
-        **{k: settings[k] for k in DEFAULTS if k != "pub_endpoint"},
+        **{k: v for k, v in settings.items() if k != "pub_endpoint"},
         "frames": frames,
         "duration_s": duration_s,
         "pub_endpoint": pub_endpoint,
@@ -261,12 +225,19 @@ def acquire(
     return open_movie(output)
 
 
-def run(source: Mapping[str, Any], output: str | os.PathLike, params: Mapping[str, Any]) -> None:
+def run(
+    source: Mapping[str, Any],
+    output: str | os.PathLike,
+    params: Mapping[str, Any],
+    truth: str | os.PathLike | None = None,
+    *,
+    name: str | None = None,
+) -> None:
     """Acquire one run of the workflow: source → ``output`` (movie.ome.zarr).
 
     Streams the whole source over a fresh loopback endpoint into ``output``
     (replacing it if it exists) and, for a simulated source, writes the
-    ground truth to ``truth.parquet`` beside it.
+    ground truth to ``truth``.
 
     Parameters
     ----------
@@ -276,28 +247,40 @@ def run(source: Mapping[str, Any], output: str | os.PathLike, params: Mapping[st
     output : path-like
         The movie store to write.
     params : mapping
-        The ``acquire`` config section (keys of :data:`DEFAULTS`).
+        The ``acquire`` config section (``acquire.schema.yaml``).
+    truth : path-like, optional
+        Where a simulated source's ground truth goes (``truth.parquet``);
+        required for a simulated source, unused otherwise.
+    name : str, optional
+        The run's name, recorded in the store (default: the name of
+        ``output``'s directory).
 
     Raises
     ------
     ValueError
-        An unknown parameter or source key, a missing physical scale.
+        An unknown parameter or source key, a missing physical scale, a
+        simulated source without ``truth``.
     MovieError
-        The stream ended incomplete.
+        The stream ended incomplete, or delivered no frame. The store is
+        then not a result (the workflow deletes it).
     """
     params = dict(params or {})
-    settings = validate_params(params, "acquire")  # validates every key before anything runs
+    settings = check_section("acquire", params)  # validates every key before anything runs
     camera = open_source(source)
-    movie = acquire(camera, output, overwrite=True, **{k: settings[k] for k in params})
+    if isinstance(camera, SimulatedCamera) and truth is None:
+        raise ValueError("acquire: a simulated source writes its ground truth; pass truth= (truth.parquet)")
+    movie = acquire(camera, output, overwrite=True, run=name, **{k: settings[k] for k in params})
     if not movie.complete:
         raise MovieError(
             f"{output}: the stream ended incomplete ({movie.attrs.get('interrupted') or 'no end of stream'}); "
-            f"{movie.attrs.get('frames_written')} frames written"
+            f"{movie.attrs.get('frames_written')} of {movie.attrs.get('frames_expected', '?')} frames written"
         )
+    if len(movie) == 0:
+        raise MovieError(f"{output}: the movie has no frames")
     if isinstance(camera, SimulatedCamera):
         write_table(
             camera.truth,
-            Path(output).parent / "truth.parquet",
+            truth,
             stage="acquire",
             params=params,
             extra={"source": dict(source), "movie": str(output)},

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import zmq
 
+from ..io.schema import section_defaults
 from . import wire
 from .camera import CameraFrame
 
@@ -27,7 +28,8 @@ __all__ = ["Publisher", "PublishStats", "StreamError", "publish", "DEFAULT_HWM",
 
 log = logging.getLogger("trackflow.acquire")
 
-DEFAULT_HWM = 32  # frames queued on each side of the lossless socket
+#: Frames queued on each side of the lossless socket (the ``acquire.hwm`` default).
+DEFAULT_HWM = section_defaults("acquire")["hwm"]
 PUB_HWM = 2  # live viewers get the latest frames or nothing
 _SOCKET_BUFFER = 8 * 2**20  # kernel socket buffer: big frames, fewer wake-ups
 _POLL_S = 0.25  # how often a blocked send checks that the writer still runs

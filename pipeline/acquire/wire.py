@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..io.schema import section_defaults
+
 __all__ = [
     "WireError",
     "FrameHeader",
@@ -46,7 +48,8 @@ __all__ = [
     "check_end",
 ]
 
-MAX_FRAME_BYTES = 2 * 2**30  # 2 GiB: a 512x2048x2048 uint8 volume still fits
+#: Largest frame accepted (the ``acquire.max_frame_bytes`` default).
+MAX_FRAME_BYTES = section_defaults("acquire")["max_frame_bytes"]
 MAX_HEADER_BYTES = 1 * 2**20  # metadata of a start message included
 
 # Why a message was rejected (the receiver counts each, by reason).

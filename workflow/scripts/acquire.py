@@ -2,25 +2,20 @@
 
 from pipeline.cli import log_to_file
 from pipeline.acquire import run
-from pipeline.io.movie import MovieError, open_movie
 
 
 def main(smk) -> None:
     log_to_file(smk.log[0])
 
-    movie_path = smk.output.movie
-    run(smk.params.source, movie_path, smk.params.stage)
-
-    # A store not marked complete (stream cut short, frames missing at the end)
-    # must not become the rule's output: raising makes Snakemake delete it.
-    movie = open_movie(movie_path)
-    if not movie.complete:
-        raise MovieError(
-            f"{movie_path}: acquisition did not end cleanly (trackflow.complete is false; "
-            f"{movie.metadata('frames_written', 0)} of {movie.metadata('frames_expected', '?')} frames written)"
-        )
-    if len(movie) == 0:
-        raise MovieError(f"{movie_path}: the movie has no frames")
+    # run() raises unless the store is complete and holds frames, so that a
+    # half-written movie never becomes the rule's output (Snakemake deletes it)
+    run(
+        smk.params.source,
+        smk.output.movie,
+        smk.params.stage,
+        truth=smk.output.get("truth"),
+        name=smk.wildcards.run,
+    )
 
 
 # The guard matters: worker processes of Dask's 'processes' scheduler import
