@@ -39,9 +39,9 @@ import dask
 import pandas as pd
 
 from .io.movie import Movie, MovieError, open_movie
+from .io.schema import check_section, section_defaults
 
 __all__ = [
-    "SCHEDULERS",
     "COMPUTE_KEYS",
     "DEFAULT_SCHEDULER",
     "dask_scheduler",
@@ -52,10 +52,9 @@ __all__ = [
     "validate_compute",
 ]
 
-SCHEDULERS = ("threads", "processes", "synchronous", "address", "scheduler_file", "slurm")
-# "threads": workers per job (Snakemake rules take it as their threads)
-COMPUTE_KEYS = ("scheduler", "address", "scheduler_file", "frames_per_task", "slurm", "threads")
-DEFAULT_SCHEDULER = "processes"
+#: The keys of the ``compute`` section (workflow/schemas/compute.schema.yaml).
+COMPUTE_KEYS = tuple(section_defaults("compute"))
+DEFAULT_SCHEDULER = section_defaults("compute")["scheduler"]
 # Tasks per worker when a movie has too few shards to keep every worker busy:
 # a few per worker balances uneven frames without paying much per-task cost.
 TASKS_PER_WORKER = 4
@@ -65,28 +64,16 @@ _PRELOAD = ("numpy", "pandas", "zarr", "trackpy", "pipeline.io", "pipeline.compu
 
 
 def validate_compute(compute: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check the ``compute`` section: known keys, a known scheduler, and the
-    setting that scheduler needs. Returns a plain dict (``scheduler`` filled in)."""
-    compute = dict(compute or {})
-    unknown = sorted(set(compute) - set(COMPUTE_KEYS))
-    if unknown:
-        raise ValueError(
-            f"unknown compute key(s) {unknown}; known keys are {list(COMPUTE_KEYS)}"
-        )
-    kind = compute.get("scheduler") or DEFAULT_SCHEDULER
-    if kind not in SCHEDULERS:
-        raise ValueError(f"compute.scheduler must be one of {list(SCHEDULERS)}, got {kind!r}")
-    compute["scheduler"] = kind
-    for key in ("frames_per_task", "threads"):
-        value = compute.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"compute.{key} must be a positive integer or null, got {value!r}")
+    """Check the ``compute`` section against its schema, and that the
+    scheduler has the setting it needs. Returns a plain dict with only
+    ``scheduler`` filled in: a missing ``threads`` means the rule's threads,
+    else the available cores, not the schema's default."""
+    compute = check_section("compute", compute, fill=False)
+    kind = compute.setdefault("scheduler", DEFAULT_SCHEDULER)
     if kind == "address" and not compute.get("address"):
         raise ValueError("compute.scheduler is 'address' but compute.address is not set")
     if kind == "scheduler_file" and not compute.get("scheduler_file"):
         raise ValueError("compute.scheduler is 'scheduler_file' but compute.scheduler_file is not set")
-    if compute.get("slurm") is not None and not isinstance(compute["slurm"], Mapping):
-        raise ValueError(f"compute.slurm must be a mapping of dask-jobqueue settings, got {compute['slurm']!r}")
     return compute
 
 

@@ -162,7 +162,8 @@ def section_schema(section: str, *, schema_dir=None) -> dict:
     return copy.deepcopy(_validators(str(schema_dir or SCHEMA_DIR), f"{section}.schema.yaml")[0])
 
 
-def check_section(section: str, params: Mapping[str, Any] | None = None, *, schema_dir=None) -> dict[str, Any]:
+def check_section(section: str, params: Mapping[str, Any] | None = None, *, fill: bool = True,
+                  schema_dir=None) -> dict[str, Any]:
     """A section's parameters, checked against its schema, defaults filled in.
 
     Parameters
@@ -172,6 +173,8 @@ def check_section(section: str, params: Mapping[str, Any] | None = None, *, sche
         ``reassign``, ``size``, ``report``, ``compute`` or ``resources``.
     params : mapping, optional
         The section as given (missing keys take their defaults).
+    fill : bool
+        Fill in the defaults of missing keys (else only check what is given).
 
     Returns
     -------
@@ -187,7 +190,7 @@ def check_section(section: str, params: Mapping[str, Any] | None = None, *, sche
     """
     if params is not None and not isinstance(params, Mapping):
         raise ConfigError(f"{section}: expected a mapping of keys, got {type(params).__name__}")
-    return validate(dict(params or {}), f"{section}.schema.yaml", None, schema_dir=schema_dir,
+    return validate(dict(params or {}), f"{section}.schema.yaml", None, fill=fill, schema_dir=schema_dir,
                     prefix=section)
 
 
