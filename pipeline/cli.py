@@ -516,7 +516,9 @@ def _register_report(sub: Any) -> None:
             if not sep or name not in names or not group:
                 raise ValueError(f"--group needs RUN=GROUP with RUN one of {sorted(names)}, got {item!r}")
             names[name]["group"] = group
-        index = run(runs, args.output, stage_params(args, "report"))
+        # a group's merged files lie where the workflow puts them: groups/<group>/ beside the runs
+        groups = {r["group"]: Path(r["dir"]).parent / "groups" / r["group"] for r in runs if r["group"]}
+        index = run(runs, args.output, stage_params(args, "report"), groups=groups)
         print(f"{index}: {len(runs)} run page(s) beside it")
         return 0
 

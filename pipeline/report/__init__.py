@@ -8,7 +8,7 @@ movie), the ensemble MSD with its power-law fit, the acquisition metadata,
 the share of failed least-squares fits (``refined.parquet``) and the
 parameters and versions recorded by every stage. The index lists every run
 with its headline figures, replicate groups together with their merged
-figures (``groups/<group>/summary.json`` beside the runs, when present).
+figures (the size stage's ``groups/<group>/summary.json``, when given).
 
 Pages are self-contained: inline CSS, plots as PNG data URIs, no scripts, no
 external assets; they can be mailed or archived as single files. Inputs that
@@ -34,20 +34,14 @@ import pandas as pd
 from .. import __version__
 from ..io.movie import Movie, open_movie
 from ..io.tables import position_columns, read_distribution, read_summary, read_table, table_metadata
-from ..io.config import with_defaults
+from ..io.layout import RUN_FILES, group_files, run_files
+from ..io.schema import check_section
 from . import figures, objects
 from .html import NA, figure, fmt, page, section, table
 
-__all__ = ["run", "render_run", "render_index", "load_run", "RunData", "DEFAULTS"]
+__all__ = ["run", "render_run", "render_index", "load_run", "RunData"]
 
 log = logging.getLogger("trackflow.report")
-
-#: the ``report`` config section's keys and defaults (as in report.schema.yaml)
-DEFAULTS: dict[str, Any] = {
-    "title": "trackflow report",
-    "histogram_bins": 50,
-    "msd_max_lag": 100,
-}
 
 # (summary key stem, label): sizes are ``<stem>_nm`` (Walker's ML estimate),
 # ``naive_<stem>_nm`` the per-track histogram's
@@ -79,14 +73,15 @@ _HEADLINE = (
     ("particles_per_frame", "Particles/frame"),
 )
 _TABLES = ("features", "refined", "tracks", "flow", "sizes", "truth")
+_OPTIONAL = ("flow", "truth", "refined")  # absent by design for some runs
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
 class RunData:
-    """What one run directory holds (absent inputs are None, and listed in ``missing``)."""
+    """What one run's files hold (absent inputs are None, and listed in ``missing``)."""
 
-    dir: Path
+    dir: Path | None
     name: str
     group: str | None = None
     summary: dict = field(default_factory=dict)
@@ -98,45 +93,75 @@ class RunData:
     missing: list[str] = field(default_factory=list)
 
 
-def load_run(run_dir: str | os.PathLike, *, name: str | None = None, group: str | None = None) -> RunData:
-    """Read what a run directory holds.
+def load_run(
+    files: Mapping[str, str | os.PathLike] | str | os.PathLike,
+    *,
+    name: str | None = None,
+    group: str | None = None,
+) -> RunData:
+    """Read what a run's files hold.
+
+    Parameters
+    ----------
+    files : mapping or path
+        The run's files by what they hold (the keys of
+        :data:`pipeline.io.layout.RUN_FILES`: ``summary``, ``tracks``,
+        ``movie``, ...); keys left out and files that do not exist are noted
+        as missing. Or the run's results directory, read as laid out by
+        :func:`pipeline.io.layout.run_files`.
+    name : str, optional
+        The run's name (default: the directory's name; required with a
+        mapping).
+    group : str, optional
+        Its replicate group.
 
     Raises
     ------
     FileNotFoundError
         The directory does not exist.
     ValueError (TableError, MovieError)
-        A file is present but unreadable; the message names it.
+        A file is present but unreadable, or an unknown key; the message names it.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"report: run directory {run_dir} does not exist")
-    data = RunData(dir=run_dir, name=name or run_dir.name, group=group)
-    summary = _read_json(run_dir / "summary.json")
+    run_dir = None
+    if not isinstance(files, Mapping):
+        run_dir = Path(files)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"report: run directory {run_dir} does not exist")
+        name, files = name or run_dir.name, run_files(run_dir)
+    unknown = sorted(set(files) - set(RUN_FILES))
+    if unknown:
+        raise ValueError(f"report: unknown run file(s) {unknown}; known: {list(RUN_FILES)}")
+    if not name:
+        raise ValueError("report: a run given by its files needs a name")
+    paths = {key: Path(path) for key, path in files.items()}
+    present = {key: path for key, path in paths.items() if path.exists()}
+    anchor = paths.get("summary") or paths.get("tracks")
+    data = RunData(dir=run_dir or (anchor.parent if anchor else None), name=name, group=group)
+
+    def note_missing(key: str) -> None:
+        data.missing.append(paths[key].name if key in paths else RUN_FILES[key])
+
+    summary = _read_json(present["summary"]) if "summary" in present else None
     if summary is None:
-        data.missing.append("summary.json")
+        note_missing("summary")
     data.summary = summary or {}
-    data.distribution = _read_distribution(run_dir / "distribution.csv")
+    data.distribution = _read_distribution(present["distribution"]) if "distribution" in present else None
     if data.distribution is None:
-        data.missing.append("distribution.csv")
+        note_missing("distribution")
     for stem in _TABLES:
-        path = run_dir / f"{stem}.parquet"
-        if path.exists():
-            data.tables[stem] = read_table(path)
-            data.provenance[f"{stem}.parquet"] = table_metadata(path)
-        elif stem not in ("flow", "truth", "refined"):  # optional by design
-            data.missing.append(path.name)
-    objects = run_dir / "objects.parquet"
-    if objects.exists():  # segment + reassign ran for this run
-        data.tables["objects"] = read_table(objects, required=("frame", "label"))
-        data.provenance[objects.name] = table_metadata(objects)
-        reassigned = run_dir / "reassigned.ome.zarr"
-        data.reassigned = open_movie(reassigned) if reassigned.exists() else None
-    movie = run_dir / "movie.ome.zarr"
-    if movie.exists():
-        data.movie = open_movie(movie)
+        if stem in present:
+            data.tables[stem] = read_table(present[stem])
+            data.provenance[present[stem].name] = table_metadata(present[stem])
+        elif stem not in _OPTIONAL:
+            note_missing(stem)
+    if "objects" in present:  # segment + reassign ran for this run
+        data.tables["objects"] = read_table(present["objects"], required=("frame", "label"))
+        data.provenance[present["objects"].name] = table_metadata(present["objects"])
+        data.reassigned = open_movie(present["reassigned"]) if "reassigned" in present else None
+    if "movie" in present:
+        data.movie = open_movie(present["movie"])
     else:
-        data.missing.append(movie.name)
+        note_missing("movie")
     return data
 
 
@@ -423,7 +448,7 @@ def _render(data: RunData, params: Mapping[str, Any], index_href: str | None) ->
     title = f"{data.name}: {params['title']}"
     nav = f'<nav><a href="{escape(index_href)}">&larr; all runs</a></nav>' if index_href else ""
     head = f"{nav}<h1>{escape(data.name)}</h1>"
-    head += f'<p class="muted">group: {escape(data.group) if data.group else "none"} · directory: <code>{escape(str(data.dir))}</code></p>'
+    head += f'<p class="muted">group: {escape(data.group) if data.group else "none"} · directory: <code>{escape(str(data.dir or NA))}</code></p>'
     if data.missing:
         head += f'<p class="note">Absent inputs: {escape(", ".join(data.missing))}.</p>'
     body = "\n".join([
@@ -445,7 +470,7 @@ def _footer() -> str:
 
 
 def render_run(
-    run_dir: str | os.PathLike,
+    files: Mapping[str, str | os.PathLike] | str | os.PathLike,
     *,
     run: str | None = None,
     group: str | None = None,
@@ -456,21 +481,20 @@ def render_run(
 
     Parameters
     ----------
-    run_dir : path
-        The run's results directory (movie.ome.zarr, features.parquet,
-        [refined.parquet], tracks.parquet, sizes.parquet, distribution.csv,
-        summary.json, [truth.parquet]); absent files are noted on the page.
+    files : mapping or path
+        The run's files by what they hold, or its results directory (see
+        :func:`load_run`); absent files are noted on the page.
     run : str, optional
         The run's name (default: the directory's name).
     group : str, optional
         Its replicate group.
     params : mapping, optional
-        The ``report`` section (defaults: :data:`DEFAULTS`).
+        The ``report`` section (``report.schema.yaml``).
     index_href : str or None
         Link back to the index (None: no link).
     """
-    params = _resolve_params(params)
-    return _render(load_run(run_dir, name=run, group=group), params, index_href)
+    params = check_section("report", params)
+    return _render(load_run(files, name=run, group=group), params, index_href)
 
 
 # ---------------------------------------------------------------------------
@@ -507,7 +531,7 @@ def render_index(
     groups : mapping group -> (merged summary or None, merged distribution or None), optional
         The size stage's replicate merges.
     """
-    params = _resolve_params(params)
+    params = check_section("report", params)
     distributions = distributions or {}
     groups = groups or {}
     header = ("run", *(label for _, label in _HEADLINE))
@@ -543,40 +567,49 @@ def render_index(
     return page(params["title"], "\n".join(parts), _footer())
 
 
-def run(runs: list[dict], output: str | os.PathLike, params: Mapping[str, Any]) -> Path:
+def run(
+    runs: list[dict],
+    output: str | os.PathLike,
+    params: Mapping[str, Any],
+    groups: Mapping[str, Mapping[str, str | os.PathLike] | str | os.PathLike] | None = None,
+) -> Path:
     """Write the index (``output``) and one page per run beside it (``<run>.html``).
 
     Parameters
     ----------
     runs : list of dict
-        ``{"run": name, "group": group or None, "dir": results directory}`` per run.
+        One per run: ``{"run": name, "group": group or None, "files":
+        {what: path}}`` (see :func:`load_run`), or ``"dir"``, the run's
+        results directory, instead of ``"files"``.
     output : path
         The index page, e.g. ``results/report/index.html``.
     params : mapping
         The ``report`` section (unknown keys are errors).
+    groups : mapping, optional
+        Replicate group -> its merged ``summary`` and ``distribution`` (the
+        size stage's ``groups/<group>/`` files, as a mapping or that
+        directory); a group without an entry is shown without merged figures.
 
     Returns
     -------
     Path
         ``output``.
     """
-    params = _resolve_params(params)
+    params = check_section("report", params)
     runs = _check_runs(runs)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     summaries, distributions = {}, {}
     for r in runs:
-        data = load_run(r["dir"], name=r["run"], group=r.get("group"))
+        data = load_run(r["files"], name=r["run"], group=r["group"])
         _write_text(output.parent / f"{r['run']}.html", _render(data, params, output.name))
         summaries[r["run"]], distributions[r["run"]] = data.summary, data.distribution
-        log.info("report: %s -> %s.html", r["dir"], r["run"])
-    groups = {}
-    for r in runs:
-        group = r.get("group")
-        if group and group not in groups:
-            group_dir = Path(r["dir"]).parent / "groups" / group
-            groups[group] = (_read_json(group_dir / "summary.json"), _read_distribution(group_dir / "distribution.csv"))
-    _write_text(output, render_index(runs, summaries, params=params, distributions=distributions, groups=groups))
+        log.info("report: %s -> %s.html", data.dir, r["run"])
+    merged = {}
+    for group, files in (groups or {}).items():
+        files = group_files(files) if not isinstance(files, Mapping) else {k: Path(v) for k, v in files.items()}
+        merged[group] = (_read_json(files["summary"]), _read_distribution(files["distribution"]))
+    _write_text(output, render_index(runs, summaries, params=params, distributions=distributions, groups=merged))
     return output
 
 
@@ -591,23 +624,13 @@ def _check_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
         raise ValueError("report: no runs given")
     out, seen = [], set()
     for i, r in enumerate(runs):
-        missing = [k for k in ("run", "dir") if not r.get(k)]
-        if missing:
-            raise ValueError(f"report: run entry {i} lacks {missing}: {dict(r)}")
+        if not r.get("run") or not (r.get("files") or r.get("dir")):
+            raise ValueError(f"report: run entry {i} needs 'run' and 'files' (or 'dir'): {dict(r)}")
         name = str(r["run"])
         if not _RUN_NAME.match(name) or name == "index":
             raise ValueError(f"report: run name {name!r} cannot name a page (letters, digits, '_', '-', '.'; not 'index')")
         if name in seen:
             raise ValueError(f"report: run {name!r} is listed twice")
         seen.add(name)
-        out.append({"run": name, "group": r.get("group") or None, "dir": str(r["dir"])})
+        out.append({"run": name, "group": r.get("group") or None, "files": r.get("files") or str(r["dir"])})
     return out
-
-
-def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    resolved = with_defaults("report", params, DEFAULTS)
-    for key in ("histogram_bins", "msd_max_lag"):
-        value = resolved[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"report.{key} must be a positive integer, got {value!r}")
-    return resolved

@@ -95,34 +95,43 @@ def size_group_params(wildcards):
     return group_params(config, [RUNS[run] for run in GROUPS[wildcards.group]])
 
 
+def run_files(name):
+    """What the report reads of a run: the files the workflow makes for it."""
+    files = {
+        "movie": "movie.ome.zarr",
+        "features": "features.parquet",
+        "refined": "refined.parquet",
+        "tracks": "tracks.parquet",
+        "flow": "flow.parquet",
+        "sizes": "sizes.parquet",
+        "distribution": "distribution.csv",
+        "summary": "summary.json",
+    }
+    if name in SIMULATED:
+        files["truth"] = "truth.parquet"
+    if name in SEGMENTED:  # the report shows their reassigned labels and lifetimes
+        files.update(objects="objects.parquet", reassigned="reassigned.ome.zarr")
+    return {key: f"{RESULTS}/{name}/{file}" for key, file in files.items()}
+
+
+def group_files(group):
+    return {key: f"{RESULTS}/groups/{group}/{key}.{ext}" for key, ext in (("summary", "json"), ("distribution", "csv"))}
+
+
 def report_runs():
-    return [
-        {"run": name, "group": run["group"], "dir": f"{RESULTS}/{name}"}
-        for name, run in RUNS.items()
-    ]
+    return [{"run": name, "group": run["group"], "files": run_files(name)} for name, run in RUNS.items()]
+
+
+def report_groups():
+    return {group: group_files(group) for group in GROUPS}
 
 
 def report_input():
-    """Everything the report reads: each run's tables, movie and summaries,
-    and the groups' merged results."""
-    names = (
-        "movie.ome.zarr",
-        "features.parquet",
-        "refined.parquet",
-        "tracks.parquet",
-        "flow.parquet",
-        "sizes.parquet",
-        "distribution.csv",
-        "summary.json",
-    )
-    files = {name.split(".")[0]: run_outputs(name) for name in names}
-    files["truth"] = [f"{RESULTS}/{run}/truth.parquet" for run in SIMULATED]
-    # segmented runs: the report shows their reassigned labels and lifetimes
-    files["objects"] = [f"{RESULTS}/{run}/objects.parquet" for run in SEGMENTED]
-    files["reassigned"] = [f"{RESULTS}/{run}/reassigned.ome.zarr" for run in SEGMENTED]
-    files["group_summaries"] = [f"{RESULTS}/groups/{g}/summary.json" for g in GROUPS]
-    files["group_distributions"] = [f"{RESULTS}/groups/{g}/distribution.csv" for g in GROUPS]
-    return files
+    """Everything the report reads: each run's files and the groups' merged results."""
+    return [
+        *(path for run in report_runs() for path in run["files"].values()),
+        *(path for files in report_groups().values() for path in files.values()),
+    ]
 
 
 def all_targets():

@@ -4,12 +4,13 @@
 
 rule report:
     input:
-        unpack(lambda wc: report_input()),
+        report_input(),
     output:
         html=f"{RESULTS}/report/index.html",
         pages=[f"{RESULTS}/report/{run}.html" for run in RUNS],
     params:
         runs=report_runs(),
+        groups=report_groups(),
         stage=canonical(config["report"]),
         version=VERSION,
     resources:
