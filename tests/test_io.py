@@ -23,6 +23,7 @@ from pipeline.io import (
     write_movie,
     write_table,
 )
+from pipeline.io.files import atomic_path, atomic_write
 from pipeline.physics import stokes_einstein_D, stokes_einstein_diameter, water_viscosity
 
 
@@ -156,6 +157,19 @@ def test_killed_writer_leaves_a_readable_incomplete_store(tmp_path):
     assert not movie.complete
     assert len(movie) == 20 and movie.attrs["frames_written"] == 20
     assert movie.frames()[:, 0, 0].tolist() == list(range(20))
+
+
+def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    atomic_write(target, b"new")
+    assert target.read_text() == "new"
 
 
 def test_table_round_trip_keeps_provenance(tmp_path):

@@ -35,6 +35,7 @@ from .. import __version__
 from ..io.movie import Movie, open_movie
 from ..io.tables import position_columns, read_distribution, read_summary, read_table, table_metadata
 from ..io.config import with_defaults
+from ..io.files import atomic_write
 from . import figures, objects
 from .html import NA, figure, fmt, page, section, table
 
@@ -567,7 +568,7 @@ def run(runs: list[dict], output: str | os.PathLike, params: Mapping[str, Any]) 
     summaries, distributions = {}, {}
     for r in runs:
         data = load_run(r["dir"], name=r["run"], group=r.get("group"))
-        _write_text(output.parent / f"{r['run']}.html", _render(data, params, output.name))
+        atomic_write(output.parent / f"{r['run']}.html", _render(data, params, output.name))
         summaries[r["run"]], distributions[r["run"]] = data.summary, data.distribution
         log.info("report: %s -> %s.html", r["dir"], r["run"])
     groups = {}
@@ -576,14 +577,8 @@ def run(runs: list[dict], output: str | os.PathLike, params: Mapping[str, Any]) 
         if group and group not in groups:
             group_dir = Path(r["dir"]).parent / "groups" / group
             groups[group] = (_read_json(group_dir / "summary.json"), _read_distribution(group_dir / "distribution.csv"))
-    _write_text(output, render_index(runs, summaries, params=params, distributions=distributions, groups=groups))
+    atomic_write(output, render_index(runs, summaries, params=params, distributions=distributions, groups=groups))
     return output
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _check_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
