@@ -159,6 +159,33 @@ def test_killed_writer_leaves_a_readable_incomplete_store(tmp_path):
     assert movie.frames()[:, 0, 0].tolist() == list(range(20))
 
 
+def test_shards_are_the_bytes_zarr_writes(tmp_path, frames):
+    """The hand-written shards (pipeline.io._shards) against zarr's own encoding
+    of the same frames, declared by the same array metadata: byte for byte,
+    with an absent frame and a partial last shard."""
+    ours = tmp_path / "ours.ome.zarr"
+    writer = create_movie(ours, frames.shape[1:], frames.dtype, frames_per_shard=8)
+    for i, frame in enumerate(frames):
+        if i != 5:
+            writer.write(i, frame, timestamp=0.5 * i)
+    writer.close()
+    expected = frames.copy()
+    expected[5] = 0  # zarr leaves an all-fill chunk out, as the writer leaves a dropped frame
+    timestamps = 0.5 * np.arange(len(frames))
+    timestamps[5] = np.nan
+    theirs = tmp_path / "theirs.zarr"
+    for sub, data in (("0", expected), ("timestamps", timestamps)):
+        (theirs / sub).mkdir(parents=True)
+        (theirs / sub / "zarr.json").write_bytes((ours / sub / "zarr.json").read_bytes())
+        zarr.open_array(str(theirs / sub), mode="r+")[:] = data
+    for sub in ("0", "timestamps"):
+        our_files = sorted(p.relative_to(ours / sub) for p in (ours / sub / "c").rglob("*") if p.is_file())
+        their_files = sorted(p.relative_to(theirs / sub) for p in (theirs / sub / "c").rglob("*") if p.is_file())
+        assert our_files == their_files and len(our_files) == 3
+        for rel in our_files:
+            assert (ours / sub / rel).read_bytes() == (theirs / sub / rel).read_bytes(), rel
+
+
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "out.json"
     atomic_write(target, "old")

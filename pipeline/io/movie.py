@@ -14,8 +14,8 @@ Frame ``i`` of the array is sequence number ``first_seq + i``: a frame that
 never arrived is left unwritten (it reads as zeros) and is listed in
 ``dropped``, so the time axis stays physical and downstream stages can skip it.
 
-The writer assembles whole shards itself instead of going through zarr's
-read-modify-write path: frames are compressed by a thread pool as they
+The writer assembles whole shards itself (:mod:`pipeline.io._shards` says
+why not through zarr): frames are compressed by a thread pool as they
 arrive, and a write-behind thread writes each shard once, when it is full,
 through a temporary file and an atomic rename. Array shape and metadata are
 updated after every shard by atomic JSON replacement, so a writer killed at
@@ -35,10 +35,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import numcodecs
 import numpy as np
 
 from .. import __version__
+from . import _shards
+from .files import atomic_write
 from .tables import jsonable
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
 IMAGE_PATH = "0"
 TIMESTAMPS_PATH = "timestamps"
 NGFF_VERSION = "0.5"
-_MISSING = np.uint64(2**64 - 1)  # shard index marker for an absent chunk
 DEFAULT_SHARD_BYTES = 64 * 2**20
 DEFAULT_BUFFER_BYTES = 1024 * 2**20
 
@@ -63,11 +63,8 @@ class MovieError(ValueError):
     """A movie store is missing, corrupt, or not what a stage needs."""
 
 
-def _atomic_write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, allow_nan=False))
 
 
 def _read_json(path: Path) -> dict:
@@ -155,9 +152,7 @@ class MovieWriter:
         self.frames_per_shard = int(frames_per_shard)
         self.first_seq = int(first_seq)
         self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
-        self._codec = numcodecs.Blosc(
-            cname="lz4", clevel=int(clevel), shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0
-        )
+        self._codec = _shards.frame_codec(clevel)
         self._pool = ThreadPoolExecutor(
             max_workers=compression_threads or os.cpu_count() or 2,
             thread_name_prefix="trackflow-compress",
@@ -295,38 +290,21 @@ class MovieWriter:
 
     def _write_shard(self, shard_id: int, entries, timestamps: dict[int, float]) -> None:
         S = self.frames_per_shard
-        index = np.full((S, 2), _MISSING, dtype="<u8")
-        chunks: list[bytes] = []
-        offset = 0
+        chunks: list[bytes | None] = [None] * S
         for pos, fut in entries:
-            data = fut.result()
-            index[pos] = (offset, len(data))
-            chunks.append(data)
-            offset += len(data)
-        index_bytes = index.tobytes()
-        crc = google_crc32c_value(index_bytes).to_bytes(4, "little")
+            chunks[pos] = fut.result()
         t = time.perf_counter()
         key = [str(shard_id)] + ["0"] * len(self.frame_shape)
-        shard_path = self.path.joinpath(IMAGE_PATH, "c", *key)
-        shard_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = shard_path.with_name(shard_path.name + ".partial")
-        with open(tmp, "wb") as fh:
-            for data in chunks:
-                fh.write(data)
-            fh.write(index_bytes)
-            fh.write(crc)
-        os.replace(tmp, shard_path)
+        n_bytes = _shards.write_shard(self.path.joinpath(IMAGE_PATH, "c", *key), chunks)
         # timestamps: one uncompressed chunk per shard, NaN where absent
         ts = np.full(S, np.nan, dtype="<f8")
         for i, value in timestamps.items():
             ts[i - shard_id * S] = value
         ts_path = self.path.joinpath(TIMESTAMPS_PATH, "c", str(shard_id))
         ts_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ts_path.with_name(ts_path.name + ".partial")
-        tmp.write_bytes(ts.tobytes())
-        os.replace(tmp, ts_path)
+        atomic_write(ts_path, ts.tobytes())
         self.seconds_writing += time.perf_counter() - t
-        self.bytes_compressed += offset
+        self.bytes_compressed += n_bytes
         # count the shard as written only once its metadata is published too
         self._publish(max(timestamps) + 1, complete=False, n_written=self._n_written + len(entries))
         self._n_written += len(entries)
@@ -344,7 +322,7 @@ class MovieWriter:
                 meta_path = self.path / sub / "zarr.json"
                 meta = _read_json(meta_path)
                 meta["shape"] = shape
-                _atomic_write_json(meta_path, meta)
+                _write_json(meta_path, meta)
             mask = self._written_mask[:n_frames]
             dropped = [self.first_seq + i for i, ok in enumerate(mask) if not ok]
             root_path = self.path / "zarr.json"
@@ -361,14 +339,7 @@ class MovieWriter:
                     "trackflow_version": __version__,
                 }
             )
-            _atomic_write_json(root_path, root)
-
-
-def google_crc32c_value(data: bytes) -> int:
-    """CRC-32C of the shard index, as the Zarr v3 ``crc32c`` codec expects."""
-    import google_crc32c
-
-    return google_crc32c.value(data)
+            _write_json(root_path, root)
 
 
 def create_movie(
@@ -429,6 +400,7 @@ def create_movie(
     from zarr.codecs import BloscCodec
 
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    # the image's compressor must match _shards.frame_codec, which encodes the frames
     root.create_array(
         IMAGE_PATH,
         shape=(0, *frame_shape),
@@ -463,7 +435,7 @@ def create_movie(
         "ome": _ome_attributes(name or path.name.split(".")[0], axes, scale),
         "trackflow": attrs,
     }
-    _atomic_write_json(root_meta_path, root_meta)
+    _write_json(root_meta_path, root_meta)
     return MovieWriter(
         path,
         frame_shape,
