@@ -24,6 +24,7 @@ from pipeline.io import (
     write_table,
 )
 from pipeline.io.files import atomic_path, atomic_write
+from pipeline.io.movie import update_attributes
 from pipeline.physics import stokes_einstein_D, stokes_einstein_diameter, water_viscosity
 
 
@@ -197,6 +198,16 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
     atomic_write(target, b"new")
     assert target.read_text() == "new"
+
+
+def test_update_attributes_merges_into_namespaces(tmp_path, frames):
+    path = tmp_path / "m.ome.zarr"
+    write_movie(path, frames[:2], metadata={"source": "camera"})
+    update_attributes(path, {"trackflow": {"stream": {"fps": np.float64(50.0)}}, "ome": {"image-label": {}}})
+    movie = open_movie(path)
+    assert movie.attrs["source"] == "camera" and movie.attrs["stream"] == {"fps": 50.0}
+    assert movie._root.attrs["ome"]["image-label"] == {}
+    assert movie._root.attrs["ome"]["version"] == "0.5"
 
 
 def test_table_round_trip_keeps_provenance(tmp_path):

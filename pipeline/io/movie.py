@@ -20,7 +20,8 @@ arrive, and a write-behind thread writes each shard once, when it is full,
 through a temporary file and an atomic rename. Array shape and metadata are
 updated after every shard by atomic JSON replacement, so a writer killed at
 any moment leaves a store that opens and holds every shard written so far,
-with ``complete: false``.
+with ``complete: false``. Later edits of the attributes go through
+:func:`update_attributes`, atomic too.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "create_movie",
     "open_movie",
     "write_movie",
+    "update_attributes",
     "IMAGE_PATH",
 ]
 
@@ -75,6 +77,31 @@ def _read_json(path: Path) -> dict:
         raise
     except (OSError, json.JSONDecodeError) as exc:
         raise MovieError(f"{path}: unreadable Zarr metadata ({exc})") from exc
+
+
+def update_attributes(store: str | os.PathLike, updates: Mapping[str, Mapping[str, Any]]) -> None:
+    """Merge keys into namespaces of a store's root attributes, atomically.
+
+    The one way attributes of an existing store are edited (the writer's
+    metadata, ``trackflow.stream``, ``ome.image-label``). The root
+    ``zarr.json`` is replaced whole through a rename, which zarr's own
+    attribute writes do only since zarr 3.1.3.
+
+    Parameters
+    ----------
+    store : path-like
+        The store directory.
+    updates : mapping
+        ``{namespace: {key: value}}``, e.g. ``{"trackflow": {"stream": stats}}``;
+        each namespace is created if missing and updated key by key. Values
+        are made plain JSON (:func:`~pipeline.io.tables.jsonable`).
+    """
+    path = Path(store) / "zarr.json"
+    root = _read_json(path)
+    attributes = root.setdefault("attributes", {})
+    for namespace, values in jsonable(updates).items():
+        attributes.setdefault(namespace, {}).update(values)
+    _write_json(path, root)
 
 
 def _axes_for(ndim_spatial: int) -> tuple[str, ...]:
@@ -325,21 +352,16 @@ class MovieWriter:
                 _write_json(meta_path, meta)
             mask = self._written_mask[:n_frames]
             dropped = [self.first_seq + i for i, ok in enumerate(mask) if not ok]
-            root_path = self.path / "zarr.json"
-            root = _read_json(root_path)
-            attrs = root.setdefault("attributes", {}).setdefault("trackflow", {})
-            attrs.update(self._extra_attrs)
-            attrs.update(
-                {
-                    "frames_written": int(n_written),
-                    "dropped": dropped,
-                    "complete": bool(complete),
-                    "first_seq": self.first_seq,
-                    "frames_per_shard": self.frames_per_shard,
-                    "trackflow_version": __version__,
-                }
-            )
-            _write_json(root_path, root)
+            attrs = {
+                **self._extra_attrs,
+                "frames_written": int(n_written),
+                "dropped": dropped,
+                "complete": bool(complete),
+                "first_seq": self.first_seq,
+                "frames_per_shard": self.frames_per_shard,
+                "trackflow_version": __version__,
+            }
+            update_attributes(self.path, {"trackflow": attrs})
 
 
 def create_movie(
@@ -399,7 +421,24 @@ def create_movie(
     import zarr
     from zarr.codecs import BloscCodec
 
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    scale = [float(frame_interval_s), *pixel.tolist()]
+    attrs = {
+        "pixel_size_um": pixel.tolist(),
+        "frame_interval_s": float(frame_interval_s),
+        "complete": False,
+        "frames_written": 0,
+        "dropped": [],
+        **jsonable(dict(metadata or {})),
+    }
+    root = zarr.open_group(
+        str(path),
+        mode="w",
+        zarr_format=3,
+        attributes={
+            "ome": _ome_attributes(name or path.name.split(".")[0], axes, scale),
+            "trackflow": attrs,
+        },
+    )
     # the image's compressor must match _shards.frame_codec, which encodes the frames
     root.create_array(
         IMAGE_PATH,
@@ -420,22 +459,6 @@ def create_movie(
         fill_value=float("nan"),
         dimension_names=["t"],
     )
-    scale = [float(frame_interval_s), *pixel.tolist()]
-    attrs = {
-        "pixel_size_um": pixel.tolist(),
-        "frame_interval_s": float(frame_interval_s),
-        "complete": False,
-        "frames_written": 0,
-        "dropped": [],
-        **jsonable(dict(metadata or {})),
-    }
-    root_meta_path = path / "zarr.json"
-    root_meta = _read_json(root_meta_path)
-    root_meta["attributes"] = {
-        "ome": _ome_attributes(name or path.name.split(".")[0], axes, scale),
-        "trackflow": attrs,
-    }
-    _write_json(root_meta_path, root_meta)
     return MovieWriter(
         path,
         frame_shape,
