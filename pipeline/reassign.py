@@ -58,7 +58,6 @@ the label at t it overlaps best (one-to-one on IoU, :func:`match_by_overlap`).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -73,7 +72,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from .flowfield import FlowField, pixel_scale
-from .io.movie import Movie, MovieError, create_movie, open_movie
+from .io.movie import Movie, MovieError, create_movie, open_movie, update_attributes
 from .io.tables import write_table
 from .io.schema import check_section, section_defaults
 from .matching import assign, candidate_pairs, pair_costs
@@ -593,16 +592,11 @@ def _mark_as_labels(store, source_image=None) -> None:
     napari-ome-zarr opens it as labels; ``source_image`` is recorded relative
     to the store. (The segment stage has the same helper: stages do not
     import each other.)"""
-    path = Path(store) / "zarr.json"
-    root = json.loads(path.read_text())
-    ome = root.setdefault("attributes", {}).setdefault("ome", {})
-    ome["image-label"] = (
+    label_meta = (
         {"source": {"image": os.path.relpath(Path(source_image).resolve(), Path(store).resolve())}}
         if source_image is not None else {}
     )
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(root, indent=2))
-    os.replace(tmp, path)
+    update_attributes(store, {"ome": {"image-label": label_meta}})
 
 
 def iter_reassigned(labels_movie, movie=None, *, method: str = _DEFAULTS["method"], **options):

@@ -32,7 +32,6 @@ sister chromatid exchange frequency, J. Histochem. Cytochem. 25:741.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -44,7 +43,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .compute import dask_scheduler, frame_ranges, read_frames, scheduler_workers, validate_compute
-from .io.movie import Movie, MovieError, create_movie, open_movie
+from .io.movie import Movie, MovieError, create_movie, open_movie, update_attributes
 from .io.schema import check_section, section_defaults
 
 __all__ = ["frame_threshold", "segment_frame", "segment_frames", "segment_movie", "run",
@@ -314,16 +313,10 @@ def mark_as_labels(store: str | os.PathLike, source_image: str | os.PathLike | N
     """Mark an OME-Zarr store's image as a label image (NGFF ``image-label``),
     so that viewers (napari-ome-zarr) open it as labels. ``source_image`` is
     the image the labels belong to, recorded relative to the store."""
-    path = Path(store) / "zarr.json"
-    root = json.loads(path.read_text())
-    ome = root.setdefault("attributes", {}).setdefault("ome", {})
     label_meta: dict[str, Any] = {}
     if source_image is not None:
         label_meta["source"] = {"image": os.path.relpath(Path(source_image).resolve(), Path(store).resolve())}
-    ome["image-label"] = label_meta
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(root, indent=2))
-    os.replace(tmp, path)
+    update_attributes(store, {"ome": {"image-label": label_meta}})
 
 
 def run(

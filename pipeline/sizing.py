@@ -60,6 +60,7 @@ import pandas as pd
 from scipy import special, stats
 
 from . import __version__
+from .io.files import atomic_path, atomic_write
 from .io.movie import open_movie
 from .io.tables import jsonable, position_columns, read_distribution, read_summary, read_table, write_table
 from .physics import stokes_einstein_D, stokes_einstein_diameter, water_viscosity
@@ -1546,20 +1547,15 @@ def _is_number(value) -> bool:
 def _write_json(obj: Mapping, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as fh:
-        json.dump(jsonable(obj), fh, indent=2, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
     return path
 
 
 def _write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
     return path
 
 

@@ -23,6 +23,8 @@ from pipeline.io import (
     write_movie,
     write_table,
 )
+from pipeline.io.files import atomic_path, atomic_write
+from pipeline.io.movie import update_attributes
 from pipeline.physics import stokes_einstein_D, stokes_einstein_diameter, water_viscosity
 
 
@@ -156,6 +158,56 @@ def test_killed_writer_leaves_a_readable_incomplete_store(tmp_path):
     assert not movie.complete
     assert len(movie) == 20 and movie.attrs["frames_written"] == 20
     assert movie.frames()[:, 0, 0].tolist() == list(range(20))
+
+
+def test_shards_are_the_bytes_zarr_writes(tmp_path, frames):
+    """The hand-written shards (pipeline.io._shards) against zarr's own encoding
+    of the same frames, declared by the same array metadata: byte for byte,
+    with an absent frame and a partial last shard."""
+    ours = tmp_path / "ours.ome.zarr"
+    writer = create_movie(ours, frames.shape[1:], frames.dtype, frames_per_shard=8)
+    for i, frame in enumerate(frames):
+        if i != 5:
+            writer.write(i, frame, timestamp=0.5 * i)
+    writer.close()
+    expected = frames.copy()
+    expected[5] = 0  # zarr leaves an all-fill chunk out, as the writer leaves a dropped frame
+    timestamps = 0.5 * np.arange(len(frames))
+    timestamps[5] = np.nan
+    theirs = tmp_path / "theirs.zarr"
+    for sub, data in (("0", expected), ("timestamps", timestamps)):
+        (theirs / sub).mkdir(parents=True)
+        (theirs / sub / "zarr.json").write_bytes((ours / sub / "zarr.json").read_bytes())
+        zarr.open_array(str(theirs / sub), mode="r+")[:] = data
+    for sub in ("0", "timestamps"):
+        our_files = sorted(p.relative_to(ours / sub) for p in (ours / sub / "c").rglob("*") if p.is_file())
+        their_files = sorted(p.relative_to(theirs / sub) for p in (theirs / sub / "c").rglob("*") if p.is_file())
+        assert our_files == their_files and len(our_files) == 3
+        for rel in our_files:
+            assert (ours / sub / rel).read_bytes() == (theirs / sub / rel).read_bytes(), rel
+
+
+def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    atomic_write(target, b"new")
+    assert target.read_text() == "new"
+
+
+def test_update_attributes_merges_into_namespaces(tmp_path, frames):
+    path = tmp_path / "m.ome.zarr"
+    write_movie(path, frames[:2], metadata={"source": "camera"})
+    update_attributes(path, {"trackflow": {"stream": {"fps": np.float64(50.0)}}, "ome": {"image-label": {}}})
+    movie = open_movie(path)
+    assert movie.attrs["source"] == "camera" and movie.attrs["stream"] == {"fps": 50.0}
+    assert movie._root.attrs["ome"]["image-label"] == {}
+    assert movie._root.attrs["ome"]["version"] == "0.5"
 
 
 def test_table_round_trip_keeps_provenance(tmp_path):

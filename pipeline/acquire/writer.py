@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import zmq
 
-from ..io.movie import Movie, MovieError, MovieWriter, create_movie, open_movie
+from ..io.movie import Movie, MovieError, MovieWriter, create_movie, open_movie, update_attributes
 from ..physics import water_viscosity
 from . import wire
 from .stream import DEFAULT_HWM
@@ -322,7 +322,7 @@ class StreamReceiver:
         stats["seconds_total"] = elapsed
         stats["fps"] = self.frames_received / elapsed if elapsed > 0 else None
         stats["mb_per_s"] = self.bytes_received / 1e6 / elapsed if elapsed > 0 else None
-        _update_attributes(self.output, stream=stats)
+        update_attributes(self.output, {"trackflow": {"stream": stats}})
         return open_movie(self.output)
 
     def abort(self) -> None:
@@ -336,16 +336,6 @@ class StreamReceiver:
 
 def _buffer(part: Any) -> memoryview:
     return part.buffer if isinstance(part, zmq.Frame) else memoryview(part)
-
-
-def _update_attributes(path: Path, **attrs: Any) -> None:
-    """Add keys to a closed store's ``trackflow`` metadata (atomic replace)."""
-    meta_path = path / "zarr.json"
-    root = json.loads(meta_path.read_text())
-    root.setdefault("attributes", {}).setdefault("trackflow", {}).update(attrs)
-    tmp = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(root, indent=2))
-    os.replace(tmp, meta_path)
 
 
 class _Progress:

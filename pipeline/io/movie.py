@@ -14,13 +14,14 @@ Frame ``i`` of the array is sequence number ``first_seq + i``: a frame that
 never arrived is left unwritten (it reads as zeros) and is listed in
 ``dropped``, so the time axis stays physical and downstream stages can skip it.
 
-The writer assembles whole shards itself instead of going through zarr's
-read-modify-write path: frames are compressed by a thread pool as they
+The writer assembles whole shards itself (:mod:`pipeline.io._shards` says
+why not through zarr): frames are compressed by a thread pool as they
 arrive, and a write-behind thread writes each shard once, when it is full,
 through a temporary file and an atomic rename. Array shape and metadata are
 updated after every shard by atomic JSON replacement, so a writer killed at
 any moment leaves a store that opens and holds every shard written so far,
-with ``complete: false``.
+with ``complete: false``. Later edits of the attributes go through
+:func:`update_attributes`, atomic too.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import numcodecs
 import numpy as np
 
 from .. import __version__
+from . import _shards
+from .files import atomic_write
 from .tables import jsonable
 
 __all__ = [
@@ -48,13 +50,13 @@ __all__ = [
     "create_movie",
     "open_movie",
     "write_movie",
+    "update_attributes",
     "IMAGE_PATH",
 ]
 
 IMAGE_PATH = "0"
 TIMESTAMPS_PATH = "timestamps"
 NGFF_VERSION = "0.5"
-_MISSING = np.uint64(2**64 - 1)  # shard index marker for an absent chunk
 DEFAULT_SHARD_BYTES = 64 * 2**20
 DEFAULT_BUFFER_BYTES = 1024 * 2**20
 
@@ -63,11 +65,8 @@ class MovieError(ValueError):
     """A movie store is missing, corrupt, or not what a stage needs."""
 
 
-def _atomic_write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, allow_nan=False))
 
 
 def _read_json(path: Path) -> dict:
@@ -78,6 +77,31 @@ def _read_json(path: Path) -> dict:
         raise
     except (OSError, json.JSONDecodeError) as exc:
         raise MovieError(f"{path}: unreadable Zarr metadata ({exc})") from exc
+
+
+def update_attributes(store: str | os.PathLike, updates: Mapping[str, Mapping[str, Any]]) -> None:
+    """Merge keys into namespaces of a store's root attributes, atomically.
+
+    The one way attributes of an existing store are edited (the writer's
+    metadata, ``trackflow.stream``, ``ome.image-label``). The root
+    ``zarr.json`` is replaced whole through a rename, which zarr's own
+    attribute writes do only since zarr 3.1.3.
+
+    Parameters
+    ----------
+    store : path-like
+        The store directory.
+    updates : mapping
+        ``{namespace: {key: value}}``, e.g. ``{"trackflow": {"stream": stats}}``;
+        each namespace is created if missing and updated key by key. Values
+        are made plain JSON (:func:`~pipeline.io.tables.jsonable`).
+    """
+    path = Path(store) / "zarr.json"
+    root = _read_json(path)
+    attributes = root.setdefault("attributes", {})
+    for namespace, values in jsonable(updates).items():
+        attributes.setdefault(namespace, {}).update(values)
+    _write_json(path, root)
 
 
 def _axes_for(ndim_spatial: int) -> tuple[str, ...]:
@@ -155,9 +179,7 @@ class MovieWriter:
         self.frames_per_shard = int(frames_per_shard)
         self.first_seq = int(first_seq)
         self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
-        self._codec = numcodecs.Blosc(
-            cname="lz4", clevel=int(clevel), shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0
-        )
+        self._codec = _shards.frame_codec(clevel)
         self._pool = ThreadPoolExecutor(
             max_workers=compression_threads or os.cpu_count() or 2,
             thread_name_prefix="trackflow-compress",
@@ -295,38 +317,21 @@ class MovieWriter:
 
     def _write_shard(self, shard_id: int, entries, timestamps: dict[int, float]) -> None:
         S = self.frames_per_shard
-        index = np.full((S, 2), _MISSING, dtype="<u8")
-        chunks: list[bytes] = []
-        offset = 0
+        chunks: list[bytes | None] = [None] * S
         for pos, fut in entries:
-            data = fut.result()
-            index[pos] = (offset, len(data))
-            chunks.append(data)
-            offset += len(data)
-        index_bytes = index.tobytes()
-        crc = google_crc32c_value(index_bytes).to_bytes(4, "little")
+            chunks[pos] = fut.result()
         t = time.perf_counter()
         key = [str(shard_id)] + ["0"] * len(self.frame_shape)
-        shard_path = self.path.joinpath(IMAGE_PATH, "c", *key)
-        shard_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = shard_path.with_name(shard_path.name + ".partial")
-        with open(tmp, "wb") as fh:
-            for data in chunks:
-                fh.write(data)
-            fh.write(index_bytes)
-            fh.write(crc)
-        os.replace(tmp, shard_path)
+        n_bytes = _shards.write_shard(self.path.joinpath(IMAGE_PATH, "c", *key), chunks)
         # timestamps: one uncompressed chunk per shard, NaN where absent
         ts = np.full(S, np.nan, dtype="<f8")
         for i, value in timestamps.items():
             ts[i - shard_id * S] = value
         ts_path = self.path.joinpath(TIMESTAMPS_PATH, "c", str(shard_id))
         ts_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ts_path.with_name(ts_path.name + ".partial")
-        tmp.write_bytes(ts.tobytes())
-        os.replace(tmp, ts_path)
+        atomic_write(ts_path, ts.tobytes())
         self.seconds_writing += time.perf_counter() - t
-        self.bytes_compressed += offset
+        self.bytes_compressed += n_bytes
         # count the shard as written only once its metadata is published too
         self._publish(max(timestamps) + 1, complete=False, n_written=self._n_written + len(entries))
         self._n_written += len(entries)
@@ -344,31 +349,19 @@ class MovieWriter:
                 meta_path = self.path / sub / "zarr.json"
                 meta = _read_json(meta_path)
                 meta["shape"] = shape
-                _atomic_write_json(meta_path, meta)
+                _write_json(meta_path, meta)
             mask = self._written_mask[:n_frames]
             dropped = [self.first_seq + i for i, ok in enumerate(mask) if not ok]
-            root_path = self.path / "zarr.json"
-            root = _read_json(root_path)
-            attrs = root.setdefault("attributes", {}).setdefault("trackflow", {})
-            attrs.update(self._extra_attrs)
-            attrs.update(
-                {
-                    "frames_written": int(n_written),
-                    "dropped": dropped,
-                    "complete": bool(complete),
-                    "first_seq": self.first_seq,
-                    "frames_per_shard": self.frames_per_shard,
-                    "trackflow_version": __version__,
-                }
-            )
-            _atomic_write_json(root_path, root)
-
-
-def google_crc32c_value(data: bytes) -> int:
-    """CRC-32C of the shard index, as the Zarr v3 ``crc32c`` codec expects."""
-    import google_crc32c
-
-    return google_crc32c.value(data)
+            attrs = {
+                **self._extra_attrs,
+                "frames_written": int(n_written),
+                "dropped": dropped,
+                "complete": bool(complete),
+                "first_seq": self.first_seq,
+                "frames_per_shard": self.frames_per_shard,
+                "trackflow_version": __version__,
+            }
+            update_attributes(self.path, {"trackflow": attrs})
 
 
 def create_movie(
@@ -428,7 +421,25 @@ def create_movie(
     import zarr
     from zarr.codecs import BloscCodec
 
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    scale = [float(frame_interval_s), *pixel.tolist()]
+    attrs = {
+        "pixel_size_um": pixel.tolist(),
+        "frame_interval_s": float(frame_interval_s),
+        "complete": False,
+        "frames_written": 0,
+        "dropped": [],
+        **jsonable(dict(metadata or {})),
+    }
+    root = zarr.open_group(
+        str(path),
+        mode="w",
+        zarr_format=3,
+        attributes={
+            "ome": _ome_attributes(name or path.name.split(".")[0], axes, scale),
+            "trackflow": attrs,
+        },
+    )
+    # the image's compressor must match _shards.frame_codec, which encodes the frames
     root.create_array(
         IMAGE_PATH,
         shape=(0, *frame_shape),
@@ -448,22 +459,6 @@ def create_movie(
         fill_value=float("nan"),
         dimension_names=["t"],
     )
-    scale = [float(frame_interval_s), *pixel.tolist()]
-    attrs = {
-        "pixel_size_um": pixel.tolist(),
-        "frame_interval_s": float(frame_interval_s),
-        "complete": False,
-        "frames_written": 0,
-        "dropped": [],
-        **jsonable(dict(metadata or {})),
-    }
-    root_meta_path = path / "zarr.json"
-    root_meta = _read_json(root_meta_path)
-    root_meta["attributes"] = {
-        "ome": _ome_attributes(name or path.name.split(".")[0], axes, scale),
-        "trackflow": attrs,
-    }
-    _atomic_write_json(root_meta_path, root_meta)
     return MovieWriter(
         path,
         frame_shape,

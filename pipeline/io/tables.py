@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
+from .files import atomic_path
 
 __all__ = [
     "TableError",
@@ -110,9 +111,8 @@ def write_table(
     meta = dict(table.schema.metadata or {})
     meta[_META_KEY] = json.dumps(provenance, default=_json_default).encode()
     table = table.replace_schema_metadata(meta)
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

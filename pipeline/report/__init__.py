@@ -34,6 +34,7 @@ import pandas as pd
 from .. import __version__
 from ..io.movie import Movie, open_movie
 from ..io.tables import position_columns, read_distribution, read_summary, read_table, table_metadata
+from ..io.files import atomic_write
 from ..io.layout import RUN_FILES, group_files, run_files
 from ..io.schema import check_section
 from . import figures, objects
@@ -602,21 +603,15 @@ def run(
     summaries, distributions = {}, {}
     for r in runs:
         data = load_run(r["files"], name=r["run"], group=r["group"])
-        _write_text(output.parent / f"{r['run']}.html", _render(data, params, output.name))
+        atomic_write(output.parent / f"{r['run']}.html", _render(data, params, output.name))
         summaries[r["run"]], distributions[r["run"]] = data.summary, data.distribution
         log.info("report: %s -> %s.html", data.dir, r["run"])
     merged = {}
     for group, files in (groups or {}).items():
         files = group_files(files) if not isinstance(files, Mapping) else {k: Path(v) for k, v in files.items()}
         merged[group] = (_read_json(files["summary"]), _read_distribution(files["distribution"]))
-    _write_text(output, render_index(runs, summaries, params=params, distributions=distributions, groups=merged))
+    atomic_write(output, render_index(runs, summaries, params=params, distributions=distributions, groups=merged))
     return output
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _check_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
