@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# config/README.md's key tables, made from workflow/schemas (a test fails when stale)
+docs: $(STAMP)
+	$(BIN)/trackflow config-keys --update config/README.md
 
 clean:
 	rm -rf results .snakemake demo

@@ -135,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 # --- acquire ---------------------------------------------------------------
-# (commands of the acquire stage go here)
 
 
 def _acquire_key_values(items: list[str], what: str) -> dict[str, Any]:
@@ -286,7 +285,6 @@ def _register_preview(sub: Any) -> None:
     p.set_defaults(func=run_preview)
 
 # --- locate ----------------------------------------------------------------
-# (commands of the locate stage go here)
 
 
 @command
@@ -322,7 +320,6 @@ def _register_locate(sub: Any) -> None:
     parser.set_defaults(func=locate_command)
 
 # --- refine ----------------------------------------------------------------
-# (commands of the refine stage go here)
 
 
 @command
@@ -365,7 +362,6 @@ def _register_refine(sub: Any) -> None:
     parser.set_defaults(func=refine_command)
 
 # --- link ------------------------------------------------------------------
-# (commands of the link stage go here)
 
 
 @command
@@ -399,7 +395,6 @@ def _register_link(sub: Any) -> None:
 
 
 # --- size ------------------------------------------------------------------
-# (commands of the size stage go here)
 
 
 @command
@@ -486,7 +481,6 @@ def _register_size_group(sub: Any) -> None:
     p.set_defaults(func=run_size_group)
 
 # --- report ----------------------------------------------------------------
-# (commands of the report stage go here)
 
 
 @command
@@ -526,7 +520,6 @@ def _register_report(sub: Any) -> None:
 
 
 # --- segment ---------------------------------------------------------------
-# (commands of the segment stage go here)
 
 
 @command
@@ -564,7 +557,6 @@ def _register_segment(sub: Any) -> None:
     parser.set_defaults(func=segment_command)
 
 # --- reassign --------------------------------------------------------------
-# (commands of the reassign stage go here)
 
 
 @command
@@ -599,7 +591,6 @@ def _register_reassign(sub: Any) -> None:
     parser.set_defaults(func=reassign_command)
 
 # --- workflow --------------------------------------------------------------
-# (commands of the workflow stage go here)
 
 
 @command
@@ -657,6 +648,42 @@ def _register_demo(sub: Any) -> None:
         return 0
 
     parser.set_defaults(func=run_demo)
+
+
+@command
+def _register_config_keys(sub: Any) -> None:
+    parser = sub.add_parser(
+        "config-keys",
+        help="every config.yaml key with its type, default and meaning (from the schemas)",
+        description="Print the reference of every config.yaml key as Markdown tables, made from "
+        "workflow/schemas (the one place each key's default, type, range and description is "
+        "written). With --update FILE or --check FILE, write it into (or compare it with) the "
+        "generated part of FILE, e.g. config/README.md.",
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--update", metavar="FILE", help="rewrite FILE's generated part")
+    action.add_argument("--check", metavar="FILE", help="exit 1 if FILE's generated part is stale")
+
+    def run_config_keys(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from .io.schema import key_reference, with_key_reference
+
+        if not (args.update or args.check):
+            print(key_reference(), end="")
+            return 0
+        path = Path(args.update or args.check)
+        text = path.read_text(encoding="utf-8")
+        fresh = with_key_reference(text)
+        if args.check:
+            if fresh != text:
+                print(f"{path}: the key tables are stale; run `make docs`", file=sys.stderr)
+                return 1
+            return 0
+        path.write_text(fresh, encoding="utf-8")
+        return 0
+
+    parser.set_defaults(func=run_config_keys)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import build_parser, stage_params as cli_stage_params
+from pipeline.cli import build_parser, main as cli_main, stage_params as cli_stage_params
 from pipeline.io.config import (
     RUN_SECTIONS,
     SCHEMA_DIR,
@@ -23,6 +23,7 @@ from pipeline.io.config import (
     stage_params,
     validate_config,
 )
+from pipeline.io.schema import with_key_reference
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "config.yaml"
@@ -279,14 +280,24 @@ def test_stage_params_merge_overrides_without_touching_config(tmp_path, config):
 # -- docs -------------------------------------------------------------------------
 
 
-def test_readme_explains_every_key():
-    readme = (REPO / "config" / "README.md").read_text()
-    missing = []
+def test_every_key_has_a_default_and_a_description():
+    """The schemas are the one home of each key's default and meaning, so none may lack them."""
+    lacking = []
     for section in SECTIONS:
-        for key in section_schema(section).get("properties", {}):
-            if f"`{section}.{key}`" not in readme:
-                missing.append(f"{section}.{key}")
-    for key in ("runs", "results"):
-        if f"`{key}`" not in readme:
-            missing.append(key)
-    assert not missing, f"config/README.md does not explain {missing}"
+        schema = section_schema(section)
+        for key, sub in schema.get("properties", {}).items():
+            nested = sub.get("properties", {}) if sub.get("type") == "object" else {}
+            for name, spec in [(key, sub), *((f"{key}.{k}", v) for k, v in nested.items())]:
+                if "default" not in spec or not spec.get("description"):
+                    lacking.append(f"{section}.{name}")
+    assert not lacking, f"keys without a default or a description: {lacking}"
+
+
+def test_readme_key_tables_are_generated_from_the_schemas(capsys):
+    readme = REPO / "config" / "README.md"
+    assert cli_main(["config-keys", "--check", str(readme)]) == 0, "config/README.md is stale: run `make docs`"
+    stale = readme.read_text().replace("| `link.memory` | integer | `3` |", "| `link.memory` | integer | `4` |")
+    assert stale != readme.read_text()
+    assert with_key_reference(stale) == readme.read_text()
+    assert cli_main(["config-keys"]) == 0
+    assert "| `locate.diameter` |" in capsys.readouterr().out

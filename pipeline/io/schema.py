@@ -8,7 +8,7 @@ are written: the workflow validates ``config.yaml`` and ``runs.tsv`` against
 it, each stage's ``run`` checks its section against it (:func:`check_section`,
 defaults filled in), library functions take their keyword defaults from it
 (:func:`section_defaults`), and the key tables of ``config/README.md`` are
-generated from it (:func:`key_tables`; ``trackflow config-docs``).
+generated from it (:func:`key_reference`; ``make docs``).
 
 Why the schema and not the function signatures: users write YAML, Snakemake
 and editors understand JSON schema, and a schema says what a signature
@@ -37,7 +37,8 @@ __all__ = [
     "section_defaults",
     "section_schema",
     "validate",
-    "key_tables",
+    "key_reference",
+    "with_key_reference",
 ]
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
@@ -210,50 +211,85 @@ def section_defaults(section: str, *, schema_dir=None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def _type_text(sub: Mapping[str, Any]) -> str:
+#: The part of config/README.md that :func:`key_reference` writes.
+GENERATED_BEGIN = "<!-- BEGIN key tables: generated from workflow/schemas by `make docs`; edit the schemas, not this -->"
+GENERATED_END = "<!-- END key tables -->"
+
+
+def _resolve(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = sub.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        return {**defs[ref.rsplit("/", 1)[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
+    return sub
+
+
+def _type_text(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
     """A short human reading of a property's type."""
-    if "$ref" in sub:
-        ref = sub["$ref"].rsplit("/", 1)[-1]
-        return {"odd_int": "odd integer", "per_axis_number": "number or array"}.get(ref, ref.replace("_", " "))
+    sub = _resolve(sub, defs)
     if "enum" in sub:
-        return "one of " + ", ".join(f"`{json.dumps(v)}`" if not isinstance(v, str) else f"`{v}`"
-                                     for v in sub["enum"])
+        return "one of " + ", ".join(f"`{v}`" if isinstance(v, str) else f"`{json.dumps(v)}`" for v in sub["enum"])
     for combiner in ("oneOf", "anyOf"):
         if combiner in sub:
-            return " or ".join(dict.fromkeys(_type_text(s) for s in sub[combiner]))
+            return " or ".join(dict.fromkeys(_type_text(s, defs) for s in sub[combiner]))
     kind = sub.get("type")
     if isinstance(kind, list):
-        return " or ".join(kind)
+        return " or ".join(_type_text({**sub, "type": k}, defs) for k in kind)
+    if kind == "integer" and sub.get("not") == {"multipleOf": 2}:
+        return "odd integer"
     if kind == "array" and isinstance(sub.get("items"), Mapping):
-        return f"array of {_type_text(sub['items'])}"
+        return f"array of {_type_text(sub['items'], defs)}"
+    if kind == "object":
+        if sub.get("properties") and sub.get("additionalProperties") is False:
+            return "mapping: " + ", ".join(f"`{k}`" for k in sub["properties"])
+        if isinstance(sub.get("additionalProperties"), Mapping):
+            return f"mapping of {_type_text(sub['additionalProperties'], defs)}"
+        return "mapping"
     return kind or "any"
 
 
 def _default_text(sub: Mapping[str, Any]) -> str:
     if "default" not in sub:
-        return "required" if sub.get("required") else ""
+        return "required"
     value = sub["default"]
     return "null" if value is None else f"`{json.dumps(value, ensure_ascii=False)}`"
 
 
-def _rows(properties: Mapping[str, Any], prefix: str) -> Iterator[str]:
+def _rows(properties: Mapping[str, Any], prefix: str, defs: Mapping[str, Any]) -> Iterator[str]:
     for key, sub in properties.items():
         description = " ".join(str(sub.get("description", "")).split())
-        yield f"| `{prefix}{key}` | {_type_text(sub)} | {_default_text(sub)} | {description} |"
-        nested = sub.get("properties")
-        if sub.get("type") == "object" and isinstance(nested, Mapping):
-            yield from _rows(nested, f"{prefix}{key}.")
+        yield f"| `{prefix}{key}` | {_type_text(sub, defs)} | {_default_text(sub)} | {description} |"
+        nested = _resolve(sub, defs)
+        if nested.get("type") == "object" and nested.get("additionalProperties") is not False and nested.get("properties"):
+            yield from _rows(nested["properties"], f"{prefix}{key}.", defs)
 
 
-def key_tables(sections: tuple[str, ...], *, schema_dir=None) -> str:
-    """Markdown: for each section, its schema's description and a table of
-    its keys (type, default, meaning), nested sections' keys included.
-    This is what ``config/README.md`` shows between its generated markers."""
-    parts = []
-    for section in sections:
+def _table(properties: Mapping[str, Any], prefix: str, defs: Mapping[str, Any]) -> list[str]:
+    return ["| key | type | default | meaning |", "| --- | --- | --- | --- |", *_rows(properties, prefix, defs)]
+
+
+def key_reference(*, schema_dir=None) -> str:
+    """Markdown: the top-level keys of ``config.yaml``, then for each section
+    its schema's description and a table of its keys (type, default,
+    meaning), nested sections' keys included. ``config/README.md`` holds it
+    between :data:`GENERATED_BEGIN` and :data:`GENERATED_END`."""
+    top = _validators(str(schema_dir or SCHEMA_DIR), "config.schema.yaml")[0]
+    plain = {k: v for k, v in top["properties"].items() if "$ref" not in v}
+    parts = ["Top level:", "", *_table(plain, "", {}), ""]
+    for section, sub in top["properties"].items():
+        if "$ref" not in sub:
+            continue
         schema = section_schema(section, schema_dir=schema_dir)
         description = " ".join(str(schema.get("description", "")).split())
         parts += [f"### `{section}`", "", description, "",
-                  "| key | type | default | meaning |", "| --- | --- | --- | --- |",
-                  *_rows(schema.get("properties") or {}, f"{section}."), ""]
+                  *_table(schema.get("properties") or {}, f"{section}.", schema.get("$defs") or {}), ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def with_key_reference(text: str, *, schema_dir=None) -> str:
+    """``text`` (config/README.md) with its generated part made anew."""
+    try:
+        head, rest = text.split(GENERATED_BEGIN + "\n", 1)
+        _, tail = rest.split(GENERATED_END, 1)
+    except ValueError:
+        raise ConfigError(f"the text has no generated part (lines {GENERATED_BEGIN!r} ... {GENERATED_END!r})") from None
+    return f"{head}{GENERATED_BEGIN}\n\n{key_reference(schema_dir=schema_dir)}\n{GENERATED_END}{tail}"
