@@ -29,7 +29,7 @@ In one run:
 6. Sizing of a flowing sample's flow-linked tracks (a shear flow whose
    largest step is the mean spacing, 60 particles, 60 or 120 frames, so
    that ~3,000+ steps pin D to a few per cent) with
-   ``pipeline.sizing.track_diffusion`` (CVE with the motion-blur factor),
+   ``pipeline.size.track_diffusion`` (CVE with the motion-blur factor),
    with and without subtracting the per-row flow; the population diameter
    comes from the step-weighted mean D; error relative to the true 200 nm.
    ``sizing_error_truth_exact_flow`` sizes the true tracks with the exact
@@ -260,7 +260,7 @@ def sizing_case(n_particles, n_frames, *, flow="shear", step_spacings=1.0, seed=
 def sizing_errors(tracks, truth, meta):
     """Relative diameter error of the flow-linked tracks, with and without
     subtracting the flow."""
-    from pipeline.sizing import track_diffusion
+    from pipeline.size import track_diffusion
 
     true_d = float(np.median(truth["diameter_nm"])) if "diameter_nm" in truth.columns else DIAMETER_NM
     result = {}
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
             "sizing_error_truth_exact_flow": round(sizes["truth_exact_flow"][0], 4),
             "sizing_diameter_nm": {k: round(v[1], 1) for k, v in sizes.items()},
             "sizing_sample": "shear flow, largest step = mean NN spacing, 60 particles; true diameter 200 nm",
-            "sizing_method": "pipeline.sizing.track_diffusion (CVE, blur-corrected), step-weighted mean D",
+            "sizing_method": "pipeline.size.track_diffusion (CVE, blur-corrected), step-weighted mean D",
             "sizing_steps": sizes["with_flow_subtracted"][3],
             "ms_per_frame_1k": round(1000 * t_1k, 1),
             "ms_per_frame_10k": round(1000 * t_10k, 1),

@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from pipeline import sizing
+from pipeline import size
 from pipeline.physics import stokes_einstein_diameter, water_viscosity
 from pipeline.simulate import NTASimulator, simulate_movie
 
@@ -75,7 +75,7 @@ def resolved(peaks, truth_nm, rel=0.10):
 def size_case(diameters, *, n_frames, shape, n_particles, n_bootstrap, seed):
     tracks = truth_tracks(diameters, n_frames, shape, n_particles, seed)
     t0 = time.perf_counter()
-    _, _, s = sizing.size_tracks(
+    _, _, s = size.size_tracks(
         tracks, pixel_size_um=PIXEL, frame_interval_s=DT, exposure_s=EXPOSURE, temperature_K=T,
         viscosity_Pa_s=None, n_bootstrap=n_bootstrap, seed=seed,
     )
@@ -102,7 +102,7 @@ def end_to_end(quick: bool):
         tracks = trackpy.link(features, search_range=15, memory=0)
         tracks = trackpy.filter_stubs(tracks, 6)
     locate_link_s = time.perf_counter() - t0
-    _, _, s = sizing.size_tracks(
+    _, _, s = size.size_tracks(
         tracks, pixel_size_um=PIXEL, frame_interval_s=DT, exposure_s=EXPOSURE, temperature_K=T,
         viscosity_Pa_s=None, n_bootstrap=0,
     )

@@ -414,15 +414,16 @@ def _register_size(sub: Any) -> None:
     p.add_argument(
         "--summary-csv", help="headline figures as NTA-style CSV (default: summary.csv beside TRACKS)"
     )
+    p.add_argument("--run", help="the run's name in the summary (default: the name of TRACKS' directory)")
     add_params_options(p)
 
     def run_size(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from . import sizing
+        from . import size
 
         here = Path(args.tracks).resolve().parent
-        summary = sizing.run(
+        summary = size.run(
             args.tracks,
             args.movie,
             args.sizes or here / "sizes.parquet",
@@ -430,6 +431,7 @@ def _register_size(sub: Any) -> None:
             args.summary or here / "summary.json",
             stage_params(args, "size"),
             summary_csv=args.summary_csv or here / "summary.csv",
+            run_name=args.run or here.name,
         )
         ci = summary.get("d50_ci_nm") or [None, None]
         print(
@@ -459,11 +461,11 @@ def _register_size_group(sub: Any) -> None:
     def run_size_group(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from . import sizing
+        from . import size
 
         dirs = [Path(d) for d in args.run_dirs]
         out = Path(args.outdir)
-        summary = sizing.run_group(
+        summary = size.run_group(
             args.group,
             [d / "distribution.csv" for d in dirs],
             [d / "summary.json" for d in dirs],
@@ -471,6 +473,7 @@ def _register_size_group(sub: Any) -> None:
             out / "summary.json",
             stage_params(args, "size"),
             summary_csv=out / "summary.csv",
+            run_names=[d.resolve().name for d in dirs],
         )
         print(
             f"group {args.group}: {summary['n_replicates']} runs, mode "

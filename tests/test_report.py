@@ -152,7 +152,7 @@ def test_missing_optional_inputs_are_noted(tmp_path):
 
 
 def test_report_with_the_size_stage_outputs(tmp_path):
-    from pipeline.sizing import run as size_run
+    from pipeline.size import run as size_run
 
     run_dir = tmp_path / "sim"
     write_run_movie(run_dir / "movie.ome.zarr", dropped=())

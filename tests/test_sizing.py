@@ -1,4 +1,4 @@
-"""Tests of the size stage (pipeline.sizing): estimators against their
+"""Tests of the size stage (pipeline.size): estimators against their
 analytic expectations on simulated motion, Walker's EM, the stage on real
 files, replicate merging and the command line."""
 
@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from pipeline import sizing
+from pipeline import size as sizing
 from pipeline.io import read_table, table_metadata, write_movie, write_table
 from pipeline.physics import stokes_einstein_D, water_viscosity
 
@@ -324,14 +323,6 @@ def test_unknown_and_bad_parameters_name_the_key():
         sizing.check_params({"grid_min_nm": 500, "grid_max_nm": 100})
 
 
-def test_schema_defaults_match_the_code():
-    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "size.schema.yaml"
-    props = yaml.safe_load(schema.read_text())["properties"]
-    assert set(props) == set(sizing.SIZE_DEFAULTS)
-    for key, sub in props.items():
-        assert sub["default"] == sizing.SIZE_DEFAULTS[key], key
-
-
 def test_size_tracks_needs_temperature_and_a_frame_interval():
     pos, _ = blurred_tracks(20, 10, 1.0, seed=15)
     table = tracks_table(pos)
@@ -510,7 +501,7 @@ def test_run_group_merges_real_runs(tmp_path):
     for i, D in enumerate((2.0, 2.2)):
         tracks, movie = make_run(tmp_path / f"r{i}", D=D, seed=i)
         sizes, dist, summ = run_paths(tmp_path / f"r{i}")
-        sizing.run(tracks, movie, sizes, dist, summ, params)
+        sizing.run(tracks, movie, sizes, dist, summ, params, run_name=f"r{i}")
         dists.append(dist)
         summs.append(summ)
     out = tmp_path / "groups" / "g"

@@ -30,6 +30,7 @@ rule size_group:
         summary=f"{RESULTS}/groups/{{group}}/summary.json",
     params:
         stage=size_group_params,
+        runs=lambda wc: GROUPS[wc.group],
         version=VERSION,
     resources:
         **stage_resources("size"),

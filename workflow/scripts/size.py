@@ -1,7 +1,7 @@
 """Rule size: tracks.parquet -> sizes.parquet, distribution.csv, summary.json."""
 
 from pipeline.cli import log_to_file
-from pipeline.sizing import run
+from pipeline.size import run
 
 
 def main(smk) -> None:
@@ -14,6 +14,7 @@ def main(smk) -> None:
         smk.output.distribution,
         smk.output.summary,
         smk.params.stage,
+        run_name=smk.wildcards.run,
     )
 
 

@@ -1,7 +1,7 @@
 """Rule size_group: the runs of a replicate group merged -> groups/{group}/."""
 
 from pipeline.cli import log_to_file
-from pipeline.sizing import run_group
+from pipeline.size import run_group
 
 
 def main(smk) -> None:
@@ -14,6 +14,7 @@ def main(smk) -> None:
         smk.output.distribution,
         smk.output.summary,
         smk.params.stage,
+        run_names=list(smk.params.runs),
     )
 
 

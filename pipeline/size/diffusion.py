@@ -1,0 +1,380 @@
+"""Per-track diffusion: D and the localization error σ of every track.
+
+- The covariance estimator (CVE; Vestergaard, Blainey & Flyvbjerg 2014),
+  with the motion-blur factor R = t_exp / (6 Δt) (Michalet 2010; Berglund
+  2010).
+- A least-squares fit of the first p MSD points with p chosen iteratively
+  (Michalet 2010; Michalet & Berglund 2012).
+
+Only single-frame steps enter: a track that skips frames (linking with
+memory) is cut into consecutive pieces for the step statistics, never read
+as a longer single step. Steps are flow- or drift-corrected first
+(:mod:`pipeline.size.steps`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .conditions import check_interval
+from .parameters import default
+from .steps import track_steps
+
+__all__ = ["blur_factor", "cve", "optimal_msd_points", "msd_fit", "track_diffusion"]
+
+
+def blur_factor(exposure_s: float | None, frame_interval_s: float) -> float:
+    """Motion-blur factor R = t_exp / (6 Δt) of a rectangular exposure.
+
+    ``exposure_s`` None means an instantaneous exposure (R = 0). The exposure
+    cannot exceed the frame interval, so 0 <= R <= 1/6.
+
+    References
+    ----------
+    Michalet, X. (2010) PRE 82:041914; Berglund, A. J. (2010) PRE 82:011917.
+    """
+    dt = check_interval(frame_interval_s)
+    if exposure_s is None:
+        return 0.0
+    t = float(exposure_s)
+    if not math.isfinite(t) or t < 0 or t > dt * (1 + 1e-9):
+        raise ValueError(
+            f"exposure_s (trackflow.exposure_s) must lie between 0 and the frame interval "
+            f"{dt} s, got {exposure_s!r}"
+        )
+    return t / (6.0 * dt)
+
+
+# ---------------------------------------------------------------------------
+# CVE
+# ---------------------------------------------------------------------------
+
+
+def _cve_from_moments(msq, mcov, dt, R, sigma=None):
+    """CVE from the per-axis mean squared step ``msq`` and the mean product
+    of adjacent steps ``mcov`` (arrays broadcast)."""
+    msq = np.asarray(msq, dtype=float)
+    mcov = np.asarray(mcov, dtype=float)
+    if sigma is None:
+        D = msq / (2.0 * dt) + mcov / dt
+        sigma2 = R * msq + (2.0 * R - 1.0) * mcov  # a product, not (2R-1)+cov
+    else:
+        s2 = float(sigma) ** 2
+        D = (msq - 2.0 * s2) / (2.0 * (1.0 - 2.0 * R) * dt)
+        sigma2 = np.full(np.shape(D), s2)
+    return D, sigma2
+
+
+def cve(steps: np.ndarray, dt: float, R: float = 0.0, sigma: float | None = None) -> tuple[float, float]:
+    """Covariance-based estimator of D and σ² for ONE track.
+
+    Per axis, with Δx_n the single-frame steps (Vestergaard et al. 2014, Eqs.
+    14-15; Michalet 2010 for the blur terms)::
+
+        D  = <Δx_n²> / (2 Δt) + <Δx_n Δx_{n+1}> / Δt
+        σ² = R <Δx_n²> + (2R − 1) <Δx_n Δx_{n+1}>
+
+    averaged over the axes. With a known σ (per axis)::
+
+        D = (<Δx²> − 2σ²) / (2 (1 − 2R) Δt)
+
+    Parameters
+    ----------
+    steps : ndarray, (n, ndim)
+        Consecutive single-frame displacements of one track, µm (one axis may
+        be given as shape (n,)).
+    dt : float
+        Frame interval Δt, s.
+    R : float
+        Motion-blur factor t_exp / (6 Δt), 0 <= R <= 1/4.
+    sigma : float, optional
+        Known static localization error per axis, µm; estimated when None.
+
+    Returns
+    -------
+    D : float
+        Diffusion coefficient, µm²/s (can be negative for short noisy tracks:
+        the estimator is unbiased, not constrained).
+    sigma2 : float
+        Localization variance per axis, µm² (σ² itself when given).
+
+    References
+    ----------
+    Vestergaard, C. L., Blainey, P. C. & Flyvbjerg, H. (2014) Optimal
+    estimation of diffusion coefficients from single-particle trajectories.
+    PRE 89:022726. Michalet, X. (2010) PRE 82:041914.
+    """
+    dt = check_interval(dt)
+    if not 0.0 <= R <= 0.25:
+        raise ValueError(f"blur factor R must lie in [0, 1/4], got {R}")
+    steps = np.asarray(steps, dtype=float)
+    if steps.ndim == 1:
+        steps = steps[:, None]
+    if steps.ndim != 2 or not np.all(np.isfinite(steps)):
+        raise ValueError(f"steps must be a finite (n, ndim) array, got shape {steps.shape}")
+    n = steps.shape[0]
+    if n < (1 if sigma is not None else 2):
+        raise ValueError(f"CVE needs at least {1 if sigma is not None else 2} steps, got {n}")
+    msq = float(np.mean(steps**2))
+    mcov = float(np.mean(steps[1:] * steps[:-1])) if n > 1 else 0.0
+    D, sigma2 = _cve_from_moments(msq, mcov, dt, R, sigma)
+    return float(D), float(sigma2)
+
+
+# ---------------------------------------------------------------------------
+# optimal-points MSD fit
+# ---------------------------------------------------------------------------
+
+
+def optimal_msd_points(x: float, n_positions: int, target: str = "slope") -> int:
+    """Optimal number of MSD points p for an unweighted fit MSD(n) = a + b n.
+
+    p = ⌊f L / (f³ + L³)^(1/3)⌋ with, for the slope b (hence D),
+    f_b = 2 + 1.6 x^0.51 and L_b = 3 + (4.5 N^0.4 − 8.5)^1.2, and for the
+    offset a (hence σ), f_a = 2 + 1.35 x^0.6 and L_a = 0.8 + 0.564 N
+    (Michalet 2010, Eqs. 20-21, used by Michalet & Berglund 2012). Clipped
+    to 2 <= p <= N − 1.
+
+    Parameters
+    ----------
+    x : float
+        Reduced localization error σ²/(DΔt) (with blur, the effective
+        (σ² − 2RDΔt)/(DΔt), i.e. the MSD offset over its slope).
+    n_positions : int
+        Positions N in the track.
+    target : "slope" or "offset"
+    """
+    N = int(n_positions)
+    x = max(float(x), 0.0) if math.isfinite(x) else 1e6
+    if target == "slope":
+        f = 2.0 + 1.6 * x**0.51
+        L = 3.0 + max(4.5 * N**0.4 - 8.5, 0.0) ** 1.2
+    elif target == "offset":
+        f = 2.0 + 1.35 * x**0.6
+        L = 0.8 + 0.564 * N
+    else:
+        raise ValueError(f"target must be 'slope' or 'offset', got {target!r}")
+    p = int(math.floor(f * L / (f**3 + L**3) ** (1.0 / 3.0)))
+    return int(min(max(p, 2), max(N - 1, 2)))
+
+
+def _lag_msd(positions: np.ndarray, frames: np.ndarray, max_lag: int):
+    """Per-axis-averaged MSD of one track at exact frame lags 1..max_lag,
+    with the number of pairs at each lag (gaps leave lags without pairs)."""
+    frames = np.asarray(frames, dtype=np.int64)
+    span = int(frames[-1] - frames[0]) + 1
+    dense = np.full((span, positions.shape[1]), np.nan)
+    dense[frames - frames[0]] = positions
+    max_lag = min(int(max_lag), span - 1)
+    msd = np.full(max_lag, np.nan)
+    count = np.zeros(max_lag, dtype=np.int64)
+    for lag in range(1, max_lag + 1):
+        d = dense[lag:] - dense[:-lag]
+        ok = np.isfinite(d[:, 0])
+        count[lag - 1] = int(ok.sum())
+        if count[lag - 1]:
+            msd[lag - 1] = float(np.mean(d[ok] ** 2))
+    return msd, count
+
+
+def msd_fit(
+    positions_um: np.ndarray,
+    frames: np.ndarray,
+    dt: float,
+    R: float = 0.0,
+    *,
+    sigma: float | None = None,
+    max_iter: int = 20,
+) -> tuple[float, float, int]:
+    """D and σ² of one track from an unweighted fit of its first p MSD points.
+
+    The per-axis MSD is MSD(nΔt) = 2(σ² − 2RDΔt) + 2DΔt·n (Michalet 2010,
+    Eq. 8 with blur). p starts at 2 and is updated from the reduced error
+    x = a/b of the current fit with :func:`optimal_msd_points` until it stops
+    changing (Michalet & Berglund 2012, Sec. IV). With a known σ the offset is
+    fixed and only the slope is fitted (still with the optimal p).
+
+    Returns
+    -------
+    D : float (µm²/s), sigma2 : float (µm² per axis), p : int (points used)
+
+    References
+    ----------
+    Michalet, X. (2010) PRE 82:041914; Michalet, X. & Berglund, A. J. (2012)
+    Optimal diffusion coefficient estimation in single-particle tracking.
+    PRE 85:061916.
+    """
+    dt = check_interval(dt)
+    positions_um = np.asarray(positions_um, dtype=float)
+    if positions_um.ndim == 1:
+        positions_um = positions_um[:, None]
+    frames = np.asarray(frames)
+    N = len(frames)
+    if N < 3:
+        return float("nan"), float("nan"), 0
+    p_cap = min(N - 1, 100)
+    msd, count = _lag_msd(positions_um, frames, p_cap)
+    lags = np.arange(1, len(msd) + 1, dtype=float)
+
+    def fit(p):
+        ok = (lags <= p) & (count > 0)
+        n, y = lags[ok], msd[ok]
+        if sigma is not None:
+            a = 2.0 * float(sigma) ** 2  # + the blur term, solved below
+            if len(n) < 1:
+                return float("nan"), float("nan")
+            # y = 2σ² + b (n − 2R): least squares for b
+            b = float(np.sum((y - a) * (n - 2 * R)) / np.sum((n - 2 * R) ** 2))
+            return a - 2 * R * b, b
+        if len(n) < 2:
+            return float("nan"), float("nan")
+        b, a = np.polyfit(n, y, 1)
+        return float(a), float(b)
+
+    p = 2
+    seen = set()
+    for _ in range(int(max_iter)):
+        a, b = fit(p)
+        if not (math.isfinite(a) and math.isfinite(b)):
+            break
+        x = a / b if b > 0 else float("inf")
+        p_new = min(optimal_msd_points(x, N, "slope"), len(msd))
+        if p_new == p or p_new in seen:
+            p = p_new
+            break
+        seen.add(p)
+        p = p_new
+    a, b = fit(p)
+    D = b / (2.0 * dt)
+    sigma2 = a / 2.0 + 2.0 * R * D * dt if sigma is None else float(sigma) ** 2
+    return float(D), float(sigma2), int(p)
+
+
+# ---------------------------------------------------------------------------
+# all tracks
+# ---------------------------------------------------------------------------
+
+
+def _per_track_moments(st: dict) -> pd.DataFrame:
+    """Per track: rows, single-frame steps k, adjacent step pairs, the sum of
+    squared steps (over axes) and of adjacent-step products (over axes)."""
+    n_tracks = len(st["ids"])
+    code = st["code"]
+    steps, ok, pair_ok = st["steps"], st["step_ok"], st["pair_ok"]
+    sq = np.sum(steps**2, axis=1) if len(steps) else np.zeros(0)
+    prod = np.sum(steps[1:] * steps[:-1], axis=1) if len(steps) > 1 else np.zeros(0)
+    step_code = code[:-1]
+    pair_code = code[:-2]
+    frames = st["frame"]
+    first = np.full(n_tracks, np.iinfo(np.int64).max)
+    last = np.full(n_tracks, np.iinfo(np.int64).min)
+    np.minimum.at(first, code, frames)
+    np.maximum.at(last, code, frames)
+    return pd.DataFrame(
+        {
+            "particle": st["ids"],
+            "n_frames": np.bincount(code, minlength=n_tracks),
+            "first_frame": first,
+            "last_frame": last,
+            "n_steps": np.bincount(step_code[ok], minlength=n_tracks),
+            "n_pairs": np.bincount(pair_code[pair_ok], minlength=n_tracks),
+            "sum_sq_um2": np.bincount(step_code[ok], weights=sq[ok], minlength=n_tracks),
+            "sum_prod_um2": np.bincount(pair_code[pair_ok], weights=prod[pair_ok], minlength=n_tracks),
+        }
+    )
+
+
+def track_diffusion(
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_um,
+    frame_interval_s: float,
+    exposure_s: float | None = None,
+    method: str | None = None,
+    sigma_um: float | None = None,
+    min_steps: int | None = None,
+    subtract_flow: bool | None = None,
+) -> pd.DataFrame:
+    """Diffusion coefficient and localization error of every track.
+
+    Only single-frame steps are used (a gap in a track breaks it into
+    consecutive pieces whose steps are pooled; products of adjacent steps are
+    taken within the pieces only), after subtracting the flow or drift (see
+    :mod:`pipeline.size.steps`). Keywords left None take the ``size``
+    section's defaults (``workflow/schemas/size.schema.yaml``).
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        ``frame, [z,] y, x, particle`` in pixels.
+    pixel_size_um : float or sequence
+        µm per pixel, per axis in the table's order (z, y, x / y, x).
+    frame_interval_s : float
+        Δt, s.
+    exposure_s : float, optional
+        Exposure time, s (motion blur R = t_exp/(6Δt)); None means R = 0.
+    method : "cve" or "msd", optional
+        Covariance estimator (:func:`cve`) or optimal-points MSD fit
+        (:func:`msd_fit`).
+    sigma_um : float, optional
+        Known localization error per axis, µm (the known-σ formulas).
+    min_steps : int, optional
+        Tracks with fewer single-frame steps are left out (the caller counts
+        them: ``len(tracks.particle.unique()) - len(result)``).
+    subtract_flow : bool, optional
+        Subtract the flow or drift (see :func:`~pipeline.size.steps.track_steps`).
+
+    Returns
+    -------
+    DataFrame, one row per kept track: ``particle, n_frames, first_frame,
+    last_frame, n_steps, n_pairs, mean_sq_step_um2`` (mean over steps of the
+    squared displacement summed over axes), ``D_um2_s``, ``sigma2_um2``
+    (per axis; may be negative from noise), ``sigma_um`` (√ of it, clipped at
+    0) and, for ``method="msd"``, ``msd_points``.
+    """
+    method = default("method", method)
+    if method not in ("cve", "msd"):
+        raise ValueError(f"size.method must be 'cve' or 'msd', got {method!r}")
+    dt = check_interval(frame_interval_s)
+    R = blur_factor(exposure_s, dt)
+    st = track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=subtract_flow)
+    out = _per_track_moments(st)
+    ndim = st["ndim"]
+    out = out[out["n_steps"] >= max(int(default("min_steps", min_steps)), 1)].reset_index(drop=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["mean_sq_step_um2"] = out["sum_sq_um2"] / out["n_steps"]
+        msq = out["sum_sq_um2"] / (out["n_steps"] * ndim)
+        mcov = out["sum_prod_um2"] / (out["n_pairs"] * ndim)
+    if method == "cve":
+        D, s2 = _cve_from_moments(msq.to_numpy(), mcov.to_numpy(), dt, R, sigma_um)
+        if sigma_um is None:
+            # no adjacent step pair: the covariance (and so D) is undefined
+            D = np.where(out["n_pairs"].to_numpy() > 0, D, np.nan)
+            s2 = np.where(out["n_pairs"].to_numpy() > 0, s2, np.nan)
+    else:
+        D = np.full(len(out), np.nan)
+        s2 = np.full(len(out), np.nan)
+        p = np.zeros(len(out), dtype=np.int64)
+        keep = np.isin(st["code"], np.searchsorted(st["ids"], out["particle"].to_numpy()))
+        code = st["code"][keep]
+        positions, frames = st["positions"][keep], st["frame"][keep]
+        bounds = np.r_[0, np.flatnonzero(np.diff(code)) + 1, len(code)]
+        for i in range(len(bounds) - 1):
+            a, b = bounds[i], bounds[i + 1]
+            D[i], s2[i], p[i] = msd_fit(positions[a:b], frames[a:b], dt, R, sigma=sigma_um)
+        out["msd_points"] = p
+    out["D_um2_s"] = D
+    out["sigma2_um2"] = s2
+    out["sigma_um"] = np.sqrt(np.clip(s2, 0.0, None))
+    out = out.drop(columns=["sum_sq_um2", "sum_prod_um2"])
+    out.attrs.update(
+        blur_R=R,
+        motion=st["motion"],
+        motion_columns=list(st["motion_columns"]),
+        steps_missing_flow=st["steps_missing_flow"],
+        n_tracks_in=len(st["ids"]),
+    )
+    return out
