@@ -19,11 +19,14 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..io.schema import section_defaults
 from .conditions import check_interval
-from .parameters import default
 from .steps import track_steps
 
 __all__ = ["blur_factor", "cve", "optimal_msd_points", "msd_fit", "track_diffusion"]
+
+#: The ``size`` section\'s defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
+_DEFAULTS = section_defaults("size")
 
 
 def blur_factor(exposure_s: float | None, frame_interval_s: float) -> float:
@@ -293,18 +296,18 @@ def track_diffusion(
     pixel_size_um,
     frame_interval_s: float,
     exposure_s: float | None = None,
-    method: str | None = None,
+    method: str = _DEFAULTS["method"],
     sigma_um: float | None = None,
-    min_steps: int | None = None,
-    subtract_flow: bool | None = None,
+    min_steps: int = _DEFAULTS["min_steps"],
+    subtract_flow: bool = _DEFAULTS["subtract_flow"],
 ) -> pd.DataFrame:
     """Diffusion coefficient and localization error of every track.
 
     Only single-frame steps are used (a gap in a track breaks it into
     consecutive pieces whose steps are pooled; products of adjacent steps are
     taken within the pieces only), after subtracting the flow or drift (see
-    :mod:`pipeline.size.steps`). Keywords left None take the ``size``
-    section's defaults (``workflow/schemas/size.schema.yaml``).
+    :mod:`pipeline.size.steps`). Keyword defaults are the ``size``
+    section's (``workflow/schemas/size.schema.yaml``).
 
     Parameters
     ----------
@@ -316,15 +319,15 @@ def track_diffusion(
         Δt, s.
     exposure_s : float, optional
         Exposure time, s (motion blur R = t_exp/(6Δt)); None means R = 0.
-    method : "cve" or "msd", optional
+    method : {"cve", "msd"}
         Covariance estimator (:func:`cve`) or optimal-points MSD fit
         (:func:`msd_fit`).
     sigma_um : float, optional
         Known localization error per axis, µm (the known-σ formulas).
-    min_steps : int, optional
+    min_steps : int
         Tracks with fewer single-frame steps are left out (the caller counts
         them: ``len(tracks.particle.unique()) - len(result)``).
-    subtract_flow : bool, optional
+    subtract_flow : bool
         Subtract the flow or drift (see :func:`~pipeline.size.steps.track_steps`).
 
     Returns
@@ -335,7 +338,6 @@ def track_diffusion(
     (per axis; may be negative from noise), ``sigma_um`` (√ of it, clipped at
     0) and, for ``method="msd"``, ``msd_points``.
     """
-    method = default("method", method)
     if method not in ("cve", "msd"):
         raise ValueError(f"size.method must be 'cve' or 'msd', got {method!r}")
     dt = check_interval(frame_interval_s)
@@ -343,7 +345,7 @@ def track_diffusion(
     st = track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=subtract_flow)
     out = _per_track_moments(st)
     ndim = st["ndim"]
-    out = out[out["n_steps"] >= max(int(default("min_steps", min_steps)), 1)].reset_index(drop=True)
+    out = out[out["n_steps"] >= max(int(min_steps), 1)].reset_index(drop=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["mean_sq_step_um2"] = out["sum_sq_um2"] / out["n_steps"]
         msq = out["sum_sq_um2"] / (out["n_steps"] * ndim)

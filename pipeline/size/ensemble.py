@@ -7,11 +7,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..io.schema import section_defaults
 from .conditions import check_interval
-from .parameters import default
 from .steps import track_steps
 
 __all__ = ["ensemble_msd", "fit_powerlaw"]
+
+#: The ``size`` section\'s defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
+_DEFAULTS = section_defaults("size")
 
 
 def _msd_effective_n(N, t):
@@ -31,8 +34,8 @@ def ensemble_msd(
     *,
     pixel_size_um,
     frame_interval_s: float,
-    max_lag: int | None = None,
-    subtract_flow: bool | None = None,
+    max_lag: int = _DEFAULTS["msd_max_lag"],
+    subtract_flow: bool = _DEFAULTS["subtract_flow"],
 ) -> pd.DataFrame:
     """Ensemble mean squared displacement, as ``trackpy.emsd``.
 
@@ -60,7 +63,7 @@ def ensemble_msd(
     n_rows = np.diff(bounds)
     first = frames[bounds[:-1]]
     span = frames[bounds[1:] - 1] - first + 1
-    max_lag = int(min(default("msd_max_lag", max_lag), span.max() - 1))
+    max_lag = int(min(max_lag, span.max() - 1))
     if max_lag < 1:
         return empty
     num = np.zeros(max_lag)

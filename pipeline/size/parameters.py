@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from ..io.schema import ConfigError, check_section, section_defaults, section_schema
+from ..io.schema import ConfigError, check_section, section_schema
 
-__all__ = ["check_params", "default"]
+__all__ = ["check_params"]
 
 
 def check_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -53,9 +53,3 @@ def _declared_types(p: dict[str, Any]) -> dict[str, Any]:
             value = int(value) if "integer" in kinds else float(value)
         out[key] = value
     return out
-
-
-def default(key: str, value: Any = None) -> Any:
-    """``value``, or where it is None the schema's default of ``size.<key>``
-    (for library functions' keyword defaults)."""
-    return section_defaults("size")[key] if value is None else value

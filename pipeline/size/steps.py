@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..io.schema import section_defaults
 from ..io.tables import drift_columns, flow_columns, position_columns
 from .conditions import pixel_sizes
-from .parameters import default
 
 __all__ = ["track_steps"]
+
+#: The ``size`` section\'s defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
+_DEFAULTS = section_defaults("size")
 
 
 def _motion_columns(tracks: pd.DataFrame, pos: list[str], subtract_flow: bool) -> tuple[str, list[str]]:
@@ -43,7 +46,7 @@ def _motion_columns(tracks: pd.DataFrame, pos: list[str], subtract_flow: bool) -
 
 
 def track_steps(
-    tracks: pd.DataFrame, *, pixel_size_um, subtract_flow: bool | None = None
+    tracks: pd.DataFrame, *, pixel_size_um, subtract_flow: bool = _DEFAULTS["subtract_flow"]
 ) -> dict[str, Any]:
     """Positions and single-frame steps of every track, in µm, flow-corrected.
 
@@ -54,7 +57,7 @@ def track_steps(
         ``drift_*`` (see the module docstring).
     pixel_size_um : float or sequence
         Per axis, in the table's axis order (z, y, x or y, x).
-    subtract_flow : bool, optional
+    subtract_flow : bool
         Subtract the flow (or drift) from each step when the columns exist
         (default: ``size.subtract_flow``'s).
 
@@ -77,7 +80,7 @@ def track_steps(
         raise ValueError(f"tracks table lacks column(s) {missing}")
     ndim = len(pos)
     px = pixel_sizes(pixel_size_um, ndim)
-    kind, mcols = _motion_columns(tracks, pos, default("subtract_flow", subtract_flow))
+    kind, mcols = _motion_columns(tracks, pos, subtract_flow)
     t = tracks.reset_index(drop=True).sort_values(["particle", "frame"], kind="stable")
     particle = t["particle"].to_numpy()
     frame = t["frame"].to_numpy()

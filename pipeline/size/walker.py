@@ -13,9 +13,11 @@ from scipy import special
 from ..io.schema import section_defaults
 from ..physics import stokes_einstein_D
 from .conditions import check_interval
-from .parameters import default
 
 __all__ = ["diameter_grid", "walker_likelihood", "walker_em", "walker_distribution"]
+
+#: The ``size`` section\'s defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
+_DEFAULTS = section_defaults("size")
 
 
 def diameter_grid(grid_min_nm: float, grid_max_nm: float, grid_points: int) -> np.ndarray:
@@ -107,8 +109,8 @@ def walker_em(
     P: np.ndarray,
     *,
     weights: np.ndarray | None = None,
-    max_iter: int | None = None,
-    tol: float | None = None,
+    max_iter: int = _DEFAULTS["max_iter"],
+    tol: float = _DEFAULTS["tol"],
     start: np.ndarray | None = None,
     accelerate: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,8 +158,7 @@ def walker_em(
     converged = np.zeros(B, dtype=bool)
     active = np.arange(B)
     prev = np.full(B, -np.inf)
-    max_iter = int(default("max_iter", max_iter))
-    tol = default("tol", tol)
+    max_iter = int(max_iter)
     while active.size:
         pa, Wa, wa = p[active], W[active], wsum[active]
         if accelerate and iterations[active[0]] + 3 <= max_iter:
@@ -203,8 +204,8 @@ def walker_distribution(
     sigma_um: float = 0.0,
     R: float = 0.0,
     grid_nm: np.ndarray | None = None,
-    max_iter: int | None = None,
-    tol: float | None = None,
+    max_iter: int = _DEFAULTS["max_iter"],
+    tol: float = _DEFAULTS["tol"],
     n_pairs=None,
 ) -> pd.DataFrame:
     """Number-weighted size distribution by Walker's maximum-likelihood EM.
@@ -240,8 +241,7 @@ def walker_distribution(
     Walker, J. G. (2012) Meas. Sci. Technol. 23:065605.
     """
     if grid_nm is None:
-        d = section_defaults("size")
-        grid = diameter_grid(d["grid_min_nm"], d["grid_max_nm"], d["grid_points"])
+        grid = diameter_grid(_DEFAULTS["grid_min_nm"], _DEFAULTS["grid_max_nm"], _DEFAULTS["grid_points"])
     else:
         grid = np.asarray(grid_nm, dtype=float)
     m = np.asarray(mean_sq_step_um2, dtype=float)
