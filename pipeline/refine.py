@@ -66,7 +66,7 @@ import pandas as pd
 
 from .compute import map_frame_chunks
 from .io.movie import Movie, MovieError, open_movie
-from .io.tables import position_columns, read_table, table_metadata, write_table
+from .io.tables import FEATURE_COLUMNS, position_columns, read_table, table_metadata, write_table
 from .io.schema import check_section, section_defaults
 
 __all__ = [
@@ -721,7 +721,7 @@ def run(
         The refined table written.
     """
     resolved = check_section("refine", params)
-    table = read_table(features, required=["frame", "y", "x"], stage="locate")
+    table = read_table(features, required=FEATURE_COLUMNS, stage="locate")
     diameter_source = "refine.diameter"
     if resolved["diameter"] is None:
         recorded = (table_metadata(features).get("params") or {}).get("diameter")

@@ -41,17 +41,15 @@ __all__ = [
     "flow_columns",
     "drift_columns",
     "FEATURE_COLUMNS",
-    "REFINED_COLUMNS",
     "TRACK_COLUMNS",
-    "FLOW_COLUMNS",
-    "SIZE_COLUMNS",
+    "OBJECT_COLUMNS",
 ]
 
-FEATURE_COLUMNS = ("frame", "y", "x", "mass", "size", "ecc", "signal", "raw_mass", "ep")
-REFINED_COLUMNS = ("frame", "y", "x", "cost", "cluster", "cluster_size")
+#: Columns a reader may rely on (3D tables add ``z``; the rest depends on the
+#: stage's options): features and refined features, tracks, reassigned objects.
+FEATURE_COLUMNS = ("frame", "y", "x")
 TRACK_COLUMNS = ("frame", "y", "x", "particle")
-FLOW_COLUMNS = ("frame", "y", "x", "dy", "dx", "cost")
-SIZE_COLUMNS = ("particle", "n_steps", "D_um2_s", "sigma_um", "diameter_nm")
+OBJECT_COLUMNS = ("frame", "label")
 _META_KEY = b"trackflow"
 
 

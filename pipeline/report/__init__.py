@@ -33,7 +33,7 @@ import pandas as pd
 
 from .. import __version__
 from ..io.movie import Movie, open_movie
-from ..io.tables import position_columns, read_distribution, read_summary, read_table, table_metadata
+from ..io.tables import OBJECT_COLUMNS, position_columns, read_distribution, read_summary, read_table, table_metadata
 from ..io.files import atomic_write
 from ..io.layout import RUN_FILES, group_files, run_files
 from ..io.schema import check_section
@@ -156,7 +156,7 @@ def load_run(
         elif stem not in _OPTIONAL:
             note_missing(stem)
     if "objects" in present:  # segment + reassign ran for this run
-        data.tables["objects"] = read_table(present["objects"], required=("frame", "label"))
+        data.tables["objects"] = read_table(present["objects"], required=OBJECT_COLUMNS)
         data.provenance[present["objects"].name] = table_metadata(present["objects"])
         data.reassigned = open_movie(present["reassigned"]) if "reassigned" in present else None
     if "movie" in present:

@@ -258,7 +258,6 @@ def simulate_objects(
 
 def _render(obj: _Object, t: int, deform: float, pixel: np.ndarray, shape, labels, intensity) -> None:
     """Draw ``obj`` into ``labels`` (its id) and ``intensity`` (its brightness)."""
-    ndim = len(shape)
     lo = np.maximum(np.floor((obj.center - obj.extent) / pixel).astype(int) - 1, 0)
     hi = np.minimum(np.ceil((obj.center + obj.extent) / pixel).astype(int) + 2, shape)
     if np.any(hi <= lo):
@@ -281,7 +280,6 @@ def _render(obj: _Object, t: int, deform: float, pixel: np.ndarray, shape, label
 
 
 def _truth_rows(labels, t, objects, born, last_center, pixel):
-    ndim = labels.ndim
     present = [o.label for o in objects]
     if not present:
         return []

@@ -56,6 +56,7 @@ from typing import Any, Mapping, Sequence
 
 from ..io.movie import open_movie
 from ..io.tables import (
+    TRACK_COLUMNS,
     jsonable,
     position_columns,
     read_distribution,
@@ -140,7 +141,7 @@ def run(
     CSV in the layout of an NTA instrument's export (:func:`summary_row`).
     """
     p = check_params(params)
-    table = read_table(tracks, required=("frame", "y", "x", "particle"), stage="link")
+    table = read_table(tracks, required=TRACK_COLUMNS, stage="link")
     mov = open_movie(movie)
     pos = position_columns(table)
     if len(pos) != mov.ndim:
