@@ -343,6 +343,32 @@ def test_run_writes_tracks_and_flow(tmp_path):
         run(tmp_path / "features.parquet", tmp_path / "t2.parquet", {**params, "flow": {"gat": 12}}, movie=movie.path)
 
 
+def test_run_uses_no_more_workers_than_its_threads(tmp_path, monkeypatch):
+    # a job that holds one core reads the frames for the appearance terms in
+    # its own process: no worker pool, whatever the scheduler
+    import pipeline.compute
+    from pipeline.link import run
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started for a one-thread job")
+
+    monkeypatch.setattr(pipeline.compute, "_process_pool", no_pool)
+    sim = NTASimulator(
+        shape=(48, 48), n_frames=5, n_particles=4, diameters_nm=(300.0,), pixel_size_um=0.2,
+        frame_interval_s=1 / 30, exposure_s=0.005, seed=2,
+    )
+    frames = np.stack(list(sim.frames()))
+    movie = write_movie(tmp_path / "movie.ome.zarr", frames, pixel_size_um=0.2, frame_interval_s=1 / 30, frames_per_shard=1)
+    trackpy.quiet()
+    write_table(trackpy.batch(frames, 7, minmass=150, processes=1), tmp_path / "features.parquet", stage="locate")
+    tracks = run(
+        tmp_path / "features.parquet", tmp_path / "tracks.parquet", {"method": "flow", "min_length": 1},
+        movie=movie.path, compute={"scheduler": "processes"}, threads=1,
+    )
+    assert "intensity_mean" in tracks.columns
+    assert "compute" not in table_metadata(tmp_path / "tracks.parquet")["params"]
+
+
 def test_schema_checks_the_flow_section():
     from pathlib import Path
 

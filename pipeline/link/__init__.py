@@ -78,6 +78,9 @@ def run(
     params: Mapping[str, Any],
     movie: str | os.PathLike | None = None,
     flow_output: str | os.PathLike | None = None,
+    *,
+    compute: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Link one run's features and write ``tracks.parquet``.
 
@@ -100,6 +103,14 @@ def run(
     flow_output : path, optional
         Where to write ``flow.parquet``: the displacement vectors of the
         accepted one-frame links (:func:`pipeline.link.nearest.step_vectors`).
+    compute : mapping, optional
+        The ``compute`` config section, for the flow linker's appearance
+        step (:func:`pipeline.compute.dask_scheduler`). Not a parameter of
+        the results: it is not recorded in the provenance.
+    threads : int, optional
+        The cores the job holds (a Snakemake rule's ``threads``): the
+        appearance step's local workers. Nearest-neighbour linking runs in
+        this process alone.
 
     Returns
     -------
@@ -123,7 +134,7 @@ def run(
         options["pixel_size_um"] = pixel_size_um
     if params["method"] == "flow":
         options.update(params["flow"])
-        options["movie"] = None if movie is None else str(movie)
+        options.update(movie=None if movie is None else str(movie), compute=compute, threads=threads)
 
     # trackpy logs one line per frame at INFO: too much for a workflow log
     trackpy_log = logging.getLogger("trackpy")

@@ -412,7 +412,9 @@ def compute_appearance(
 
     ``frames_or_movie`` is an array of frames indexed by frame number, or a
     movie store (:class:`pipeline.io.Movie` or its path), read in parallel
-    per time chunk through :func:`pipeline.compute.map_frame_chunks`.
+    per time chunk through :func:`pipeline.compute.map_frame_chunks` on
+    ``threads`` local workers (the cores a job holds) or the scheduler that
+    ``compute`` names.
     """
     ndim = 3 if "z" in features.columns else 2
     tagged = features.assign(_feature_order=np.arange(len(features)))
@@ -547,8 +549,10 @@ def link_flow(
         Appearance window half-width in pixels (default from each feature's
         ``size``).
     compute, threads
-        Dask settings for reading a movie's frames for the appearance
-        features (:func:`pipeline.compute.dask_scheduler`).
+        The ``compute`` section and the local workers for reading a movie's
+        frames for the appearance features
+        (:func:`pipeline.compute.map_frame_chunks`); a job passes the cores
+        it holds, else ``compute.threads`` or every core is used.
 
     Returns
     -------
