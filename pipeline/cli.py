@@ -370,13 +370,15 @@ def _register_link(sub: Any) -> None:
         "link",
         help="link features into tracks (tracks.parquet)",
         description="Link located (or refined) features into tracks: features.parquet or "
-        "refined.parquet -> tracks.parquet, with the link section's parameters.",
+        "refined.parquet -> tracks.parquet, with the link section's parameters; compute (the "
+        "flow linker's appearance step): the `compute` section or the options below.",
     )
     parser.add_argument("features", help="features.parquet or refined.parquet")
     parser.add_argument("-o", "--output", required=True, help="tracks.parquet to write")
     parser.add_argument("--movie", help="the run's movie.ome.zarr (needed for search_range_um)")
     parser.add_argument("--flow-output", help="also write the links' displacement vectors (flow.parquet)")
     add_params_options(parser)
+    add_compute_options(parser)
 
     def run_link(args: argparse.Namespace) -> int:
         from .link import run
@@ -387,6 +389,8 @@ def _register_link(sub: Any) -> None:
             stage_params(args, "link"),
             movie=args.movie,
             flow_output=args.flow_output,
+            compute=compute_params(args),
+            threads=args.threads,
         )
         print(f"{args.output}: {tracks['particle'].nunique()} tracks, {len(tracks)} rows")
         return 0

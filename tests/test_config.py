@@ -103,7 +103,7 @@ def test_validation_does_not_change_the_input_or_the_schema():
     first = validate_config(given)
     assert given == {"link": {"memory": 1}}
     first["link"]["flow"]["x"] = 1  # a filled-in default is a copy, not the schema's object
-    assert validate_config({})["link"]["flow"] == {}
+    assert validate_config({})["link"]["flow"] == defaults_of(section_schema("link")["properties"]["flow"])
 
 
 @pytest.mark.parametrize(

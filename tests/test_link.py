@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.io import TableError, read_table, table_metadata, write_movie, write_table
-from pipeline.link import DEFAULTS, link, link_nearest, run
+from pipeline.link import link, link_nearest, run
 from pipeline.link.nearest import step_vectors
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "link.schema.yaml"
@@ -231,12 +231,12 @@ def test_flow_output_holds_the_one_frame_steps(tmp_path):
     assert step_vectors(read_table(tmp_path / "tracks.parquet")).equals(flow)
 
 
-def test_schema_defaults_match_run_defaults():
+def test_schema_checks_the_section():
     schema = yaml.safe_load(SCHEMA.read_text())
-    defaults = {key: prop["default"] for key, prop in schema["properties"].items()}
-    assert defaults == DEFAULTS
     validator = jsonschema.Draft202012Validator(schema)
-    validator.validate({"search_range": [2, 4, 4], "flow": {"anything": 1}})
+    validator.validate({"search_range": [2, 4, 4], "flow": {"gate": 1}})
+    with pytest.raises(jsonschema.ValidationError, match="anything"):
+        validator.validate({"flow": {"anything": 1}})
     with pytest.raises(jsonschema.ValidationError, match="memroy"):
         validator.validate({"memroy": 3})
     with pytest.raises(jsonschema.ValidationError):

@@ -13,12 +13,12 @@ import trackpy
 from skimage.measure import moments_central, moments_hu, moments_normalized
 
 from pipeline.io.movie import write_movie
+from pipeline.io.schema import check_section, section_defaults
 from pipeline.io.tables import read_table, table_metadata, write_table
 from pipeline.link.appearance import appearance_columns, appearance_features, hu_invariants
 from pipeline.link.flow import (
     assign,
     candidate_pairs,
-    check_flow_params,
     interpolate_flow,
     link_flow,
 )
@@ -308,7 +308,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="assignment"):
         link_flow(good, search_range=3, appearance=False, assignment="greedy")
     with pytest.raises(ValueError, match="flow_radus"):
-        check_flow_params({"flow_radus": 3})
+        check_section("link", {"flow": {"flow_radus": 3}})
     with pytest.raises(ValueError, match="search_range"):
         link_flow(good, search_range=-1, appearance=False)
 
@@ -343,19 +343,42 @@ def test_run_writes_tracks_and_flow(tmp_path):
         run(tmp_path / "features.parquet", tmp_path / "t2.parquet", {**params, "flow": {"gat": 12}}, movie=movie.path)
 
 
-def test_schema_documents_every_flow_key():
+def test_run_uses_no_more_workers_than_its_threads(tmp_path, monkeypatch):
+    # a job that holds one core reads the frames for the appearance terms in
+    # its own process: no worker pool, whatever the scheduler
+    import pipeline.compute
+    from pipeline.link import run
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started for a one-thread job")
+
+    monkeypatch.setattr(pipeline.compute, "_process_pool", no_pool)
+    sim = NTASimulator(
+        shape=(48, 48), n_frames=5, n_particles=4, diameters_nm=(300.0,), pixel_size_um=0.2,
+        frame_interval_s=1 / 30, exposure_s=0.005, seed=2,
+    )
+    frames = np.stack(list(sim.frames()))
+    movie = write_movie(tmp_path / "movie.ome.zarr", frames, pixel_size_um=0.2, frame_interval_s=1 / 30, frames_per_shard=1)
+    trackpy.quiet()
+    write_table(trackpy.batch(frames, 7, minmass=150, processes=1), tmp_path / "features.parquet", stage="locate")
+    tracks = run(
+        tmp_path / "features.parquet", tmp_path / "tracks.parquet", {"method": "flow", "min_length": 1},
+        movie=movie.path, compute={"scheduler": "processes"}, threads=1,
+    )
+    assert "intensity_mean" in tracks.columns
+    assert "compute" not in table_metadata(tmp_path / "tracks.parquet")["params"]
+
+
+def test_schema_checks_the_flow_section():
     from pathlib import Path
 
     import jsonschema
     import yaml
 
-    from pipeline.link.flow import DEFAULTS
-
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "link.schema.yaml").read_text())
-    flow = schema["properties"]["flow"]
-    assert set(flow["properties"]) == set(DEFAULTS)
     validator = jsonschema.Draft202012Validator(schema)
-    validator.validate({"method": "flow", "flow": {**DEFAULTS, "gate": 20, "window": [2, 3]}})
+    defaults = section_defaults("link")["flow"]
+    validator.validate({"method": "flow", "flow": {**defaults, "gate": 20, "window": [2, 3]}})
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({"flow": {"assignment": "greedy"}})
 

@@ -274,7 +274,7 @@ def test_walker_recovers_two_component_distribution():
 
 def test_walker_3d_uses_the_3d_gamma_shape():
     rng = np.random.default_rng(12)
-    n, k = 2000, rng.integers(5, 20, size=2000)
+    k = rng.integers(5, 20, size=2000)
     D = stokes_einstein_D(150.0, T, ETA)
     theta = 6 * D * DT  # 3D: mean squared step
     m = rng.gamma(1.5 * k, theta / (1.5 * k))

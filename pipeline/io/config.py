@@ -41,7 +41,6 @@ import yaml
 from .schema import SCHEMA_DIR, ConfigError, read_yaml as _read_yaml, validate as _validate
 
 __all__ = [
-    "with_defaults",
     "ConfigError",
     "SCHEMA_DIR",
     "STAGE_SECTIONS",
@@ -329,16 +328,3 @@ def source_files(run: Mapping[str, Any]) -> list[str]:
     if not os.path.exists(path):
         raise ConfigError(f"run {run['run']!r}: source {path!r} does not exist")
     return [path.rstrip("/")]
-
-
-def with_defaults(section: str, params: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """A stage's ``section`` of parameters with ``defaults`` filled in.
-
-    Unknown keys are errors that name them and the section: a typo in a
-    config or on the command line never passes silently.
-    """
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"{section}: unknown parameter(s) {unknown}; known keys: {sorted(defaults)}")
-    return {**defaults, **params}

@@ -73,6 +73,10 @@ def _is_number(checker, instance) -> bool:
     return isinstance(instance, (Real, np.number)) and not isinstance(instance, (bool, np.bool_))
 
 
+def _is_boolean(checker, instance) -> bool:
+    return isinstance(instance, (bool, np.bool_))
+
+
 def _is_array(checker, instance) -> bool:
     # a tuple or an array from Python code is a list in YAML
     return isinstance(instance, (list, tuple)) or (isinstance(instance, np.ndarray) and instance.ndim == 1)
@@ -82,7 +86,7 @@ def _is_array(checker, instance) -> bool:
 def _validators(schema_dir: str, name: str):
     """The schema ``schema_dir/name`` with a registry resolving its relative
     ``$ref``s, a validator class that fills in defaults, and a plain one.
-    Both accept numpy scalars and tuples where JSON has numbers and arrays."""
+    Both accept numpy scalars and tuples where JSON has numbers, booleans and arrays."""
     from jsonschema import Draft202012Validator, validators
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
@@ -108,7 +112,7 @@ def _validators(schema_dir: str, name: str):
     schema["$id"] = (base / name).resolve().as_uri()
     registry = Registry(retrieve=retrieve)
     types = Draft202012Validator.TYPE_CHECKER.redefine_many(
-        {"integer": _is_integer, "number": _is_number, "array": _is_array}
+        {"integer": _is_integer, "number": _is_number, "boolean": _is_boolean, "array": _is_array}
     )
     plain = validators.extend(Draft202012Validator, type_checker=types)
     check_properties = Draft202012Validator.VALIDATORS["properties"]
@@ -225,6 +229,7 @@ def _resolve(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, An
 
 def _type_text(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
     """A short human reading of a property's type."""
+    shared = "$ref" in sub
     sub = _resolve(sub, defs)
     if "enum" in sub:
         return "one of " + ", ".join(f"`{v}`" if isinstance(v, str) else f"`{json.dumps(v)}`" for v in sub["enum"])
@@ -239,7 +244,7 @@ def _type_text(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
     if kind == "array" and isinstance(sub.get("items"), Mapping):
         return f"array of {_type_text(sub['items'], defs)}"
     if kind == "object":
-        if sub.get("properties") and sub.get("additionalProperties") is False:
+        if sub.get("properties") and shared:  # a shared definition: name its keys (no rows of their own)
             return "mapping: " + ", ".join(f"`{k}`" for k in sub["properties"])
         if isinstance(sub.get("additionalProperties"), Mapping):
             return f"mapping of {_type_text(sub['additionalProperties'], defs)}"
@@ -258,9 +263,9 @@ def _rows(properties: Mapping[str, Any], prefix: str, defs: Mapping[str, Any]) -
     for key, sub in properties.items():
         description = " ".join(str(sub.get("description", "")).split())
         yield f"| `{prefix}{key}` | {_type_text(sub, defs)} | {_default_text(sub)} | {description} |"
-        nested = _resolve(sub, defs)
-        if nested.get("type") == "object" and nested.get("additionalProperties") is not False and nested.get("properties"):
-            yield from _rows(nested["properties"], f"{prefix}{key}.", defs)
+        # an inline section's keys get rows of their own (link.flow.gate, ...)
+        if "$ref" not in sub and sub.get("type") == "object" and sub.get("properties"):
+            yield from _rows(sub["properties"], f"{prefix}{key}.", defs)
 
 
 def _table(properties: Mapping[str, Any], prefix: str, defs: Mapping[str, Any]) -> list[str]:

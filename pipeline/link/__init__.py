@@ -3,9 +3,13 @@
 ``link.method`` picks the linker:
 
 - ``nearest`` (default): trackpy's nearest-neighbour linker
-  (:func:`pipeline.link.nearest.link_nearest`);
+  (:func:`pipeline.link.nearest.link_trackpy`);
 - ``flow``: flow-interpolated, appearance-aware linking
-  (``pipeline/link/flow.py``, function ``link_flow``).
+  (:func:`pipeline.link.flow.link_flow`).
+
+Whichever linker ran, the stage then removes short tracks and tracks whose
+mean appearance is off, counts them, and optionally measures the drift
+(:func:`pipeline.link.filters.finish_tracks`).
 
 :func:`run` is the file-level entry used by the Snakemake rule and by
 ``trackflow link``: it reads ``features.parquet`` or ``refined.parquet``,
@@ -17,7 +21,6 @@ vectors of the accepted one-frame links.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from typing import Any, Mapping
@@ -26,56 +29,23 @@ import numpy as np
 import pandas as pd
 
 from ..io.movie import MovieError, open_movie
-from ..io.tables import position_columns, read_table, write_table
-from ..io.config import with_defaults
-from .nearest import COUNTS_ATTR, link_nearest, step_vectors
+from ..io.schema import check_section
+from ..io.tables import drift_columns, position_columns, read_table, write_table
+from .filters import COUNTS_ATTR, FILTER_KEYS, finish_tracks
+from .flow import link_tracks
+from .nearest import link_nearest, link_trackpy, step_vectors
 
-__all__ = ["link", "link_nearest", "run", "METHODS", "DEFAULTS"]
+__all__ = ["link", "link_nearest", "run", "METHODS"]
 
 log = logging.getLogger("trackflow.link")
 
-#: linker per ``link.method``, as "module:function" (imported when used)
-METHODS = {
-    "nearest": "pipeline.link.nearest:link_nearest",
-    "flow": "pipeline.link.flow:link_tracks",
-}
-
-#: the ``link`` config section's keys and defaults (as in link.schema.yaml)
-DEFAULTS: dict[str, Any] = {
-    "method": "nearest",
-    "search_range": 5,
-    "search_range_um": None,
-    "memory": 3,
-    "adaptive_stop": None,
-    "adaptive_step": 0.95,
-    "link_strategy": "auto",
-    "min_length": 5,
-    "min_mass": None,
-    "max_size": None,
-    "max_ecc": None,
-    "subtract_drift": False,
-    "drift_smoothing": 0,
-    "flow": {},
-}
-
-# keys every linker takes as keyword arguments
-_LINKER_KEYS = (
-    "search_range",
-    "memory",
-    "adaptive_stop",
-    "adaptive_step",
-    "link_strategy",
-    "min_length",
-    "subtract_drift",
-    "drift_smoothing",
-    "min_mass",
-    "max_size",
-    "max_ecc",
-)
+#: the linker per ``link.method``: it links and removes nothing
+METHODS = {"nearest": link_trackpy, "flow": link_tracks}
 
 
 def link(features: pd.DataFrame, *, method: str = "nearest", **options: Any) -> pd.DataFrame:
-    """Link features into tracks with the linker named by ``method``.
+    """Link features into tracks with the linker named by ``method``, then
+    filter them and measure the drift.
 
     Parameters
     ----------
@@ -83,23 +53,23 @@ def link(features: pd.DataFrame, *, method: str = "nearest", **options: Any) -> 
         ``frame, [z,] y, x`` in pixels, plus any other columns.
     method : {"nearest", "flow"}
     **options
-        Keyword arguments of the linker (see :func:`link_nearest`).
+        The filters' keywords (``min_length``, ``min_mass``, ``max_size``,
+        ``max_ecc``, ``subtract_drift``, ``drift_smoothing``:
+        :func:`pipeline.link.filters.finish_tracks`) and the linker's
+        (:func:`pipeline.link.nearest.link_trackpy`,
+        :func:`pipeline.link.flow.link_tracks`).
 
     Returns
     -------
     DataFrame
-        The kept rows plus ``particle``, sorted by particle then frame.
+        The kept rows plus ``particle``, sorted by particle then frame, with
+        the counts in ``attrs["link_counts"]``.
     """
     if method not in METHODS:
         raise ValueError(f"link.method must be one of {sorted(METHODS)}, got {method!r}")
-    module_name, func_name = METHODS[method].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise ValueError(f"link.method {method!r} is not available in this version of trackflow") from None
-    return getattr(module, func_name)(features, **options)
+    filters = {key: options.pop(key) for key in FILTER_KEYS if key in options}
+    linked = METHODS[method](features, **options)
+    return finish_tracks(linked, features_in=len(features), **filters)
 
 
 def run(
@@ -108,6 +78,9 @@ def run(
     params: Mapping[str, Any],
     movie: str | os.PathLike | None = None,
     flow_output: str | os.PathLike | None = None,
+    *,
+    compute: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Link one run's features and write ``tracks.parquet``.
 
@@ -118,29 +91,36 @@ def run(
     output : path
         ``tracks.parquet`` to write.
     params : mapping
-        The ``link`` config section (keys of :data:`DEFAULTS`; missing keys
-        take their defaults, unknown keys are an error).
+        The ``link`` config section (workflow/schemas/link.schema.yaml:
+        missing keys take their defaults, unknown or bad keys are an error).
         ``search_range_um``, when set, replaces ``search_range`` (and makes
         ``adaptive_stop`` µm too): the movie's pixel size per axis turns it
-        into pixels per axis, for anisotropic 3D linking. Methods other than
-        ``nearest`` also get the keys of the nested ``flow`` section and
-        ``movie``.
+        into pixels per axis, for anisotropic 3D linking. The flow linker
+        also gets the keys of the nested ``flow`` section and ``movie``.
     movie : path, optional
         The run's ``movie.ome.zarr``; needed for ``search_range_um`` (and by
         the flow linker).
     flow_output : path, optional
         Where to write ``flow.parquet``: the displacement vectors of the
         accepted one-frame links (:func:`pipeline.link.nearest.step_vectors`).
+    compute : mapping, optional
+        The ``compute`` config section, for the flow linker's appearance
+        step (:func:`pipeline.compute.dask_scheduler`). Not a parameter of
+        the results: it is not recorded in the provenance.
+    threads : int, optional
+        The cores the job holds (a Snakemake rule's ``threads``): the
+        appearance step's local workers. Nearest-neighbour linking runs in
+        this process alone.
 
     Returns
     -------
     DataFrame
         The tracks, as written.
     """
-    params = _resolve_params(params)
+    params = check_section("link", params)
     table = read_table(features, required=("frame", "y", "x"), stage="locate or refine")
     pos = position_columns(table)
-    options = {key: params[key] for key in _LINKER_KEYS}
+    options = {key: value for key, value in params.items() if key not in ("method", "search_range_um", "flow")}
     pixel_size_um = None
     if params["search_range_um"] is not None:
         if movie is None:
@@ -152,9 +132,9 @@ def run(
             )
         options["search_range"] = params["search_range_um"]
         options["pixel_size_um"] = pixel_size_um
-    if params["method"] != "nearest":
+    if params["method"] == "flow":
         options.update(params["flow"])
-        options["movie"] = None if movie is None else str(movie)
+        options.update(movie=None if movie is None else str(movie), compute=compute, threads=threads)
 
     # trackpy logs one line per frame at INFO: too much for a workflow log
     trackpy_log = logging.getLogger("trackpy")
@@ -169,7 +149,7 @@ def run(
     extra: dict[str, Any] = {"input": str(features), **counts}
     if pixel_size_um is not None:
         extra["pixel_size_um"] = pixel_size_um
-    drift_cols = [f"drift_{c}" for c in pos if f"drift_{c}" in tracks.columns]
+    drift_cols = [c for c in drift_columns(pos) if c in tracks.columns]
     if drift_cols and len(tracks):
         extra["drift_max_px"] = {c: float(np.abs(tracks[c]).max()) for c in drift_cols}
     write_table(tracks, output, stage="link", params=params, extra=extra)
@@ -177,14 +157,3 @@ def run(
         write_table(step_vectors(tracks), flow_output, stage="link", params=params, extra={"input": str(features)})
     log.info("link: %d features -> %d tracks of %d features", len(table), tracks["particle"].nunique(), len(tracks))
     return tracks
-
-
-def _resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The section with defaults filled in; unknown keys are errors naming the key."""
-    resolved = with_defaults("link", params, DEFAULTS)
-    if resolved["method"] not in METHODS:
-        raise ValueError(f"link.method must be one of {sorted(METHODS)}, got {resolved['method']!r}")
-    if not isinstance(resolved["flow"] or {}, Mapping):
-        raise ValueError(f"link.flow must be a mapping of the flow linker's keys, got {resolved['flow']!r}")
-    resolved["flow"] = dict(resolved["flow"] or {})
-    return resolved

@@ -67,16 +67,15 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..flowfield import FlowField, flow_columns, interpolate_flow
-from ..io.config import with_defaults
+from ..io.schema import check_section, section_defaults
+from ..io.tables import flow_columns as row_flow_columns
 from ..matching import ASSIGNMENTS, appearance_weights, assign, candidate_pairs, pair_costs
 from .appearance import INTENSITY_COLUMNS, appearance_columns, appearance_features, hu_columns
 
 __all__ = [
     "ASSIGNMENTS",
-    "DEFAULTS",
     "link_flow",
     "link_tracks",
-    "check_flow_params",
     "appearance_features",
     "interpolate_flow",
     "compute_appearance",
@@ -108,19 +107,10 @@ MAX_PREDICTOR_PAIRS = 10
 ROW_FLOW_NEIGHBOURS = 256
 ROW_FLOW_WEIGHTING = "equal"
 
-#: the ``link.flow`` config keys and their defaults (keyword arguments of
-#: :func:`link_flow`)
-DEFAULTS: dict[str, Any] = {
-    "gate": None,
-    "cost_cutoff": None,
-    "assignment": "hungarian",
-    "flow_radius": None,
-    "flow_window": 10,
-    "flow_order": 1,
-    "backward": False,
-    "appearance": True,
-    "window": None,
-}
+# the ``link`` section's defaults (link.schema.yaml), ``flow`` holding this
+# linker's own keys
+_DEFAULTS = section_defaults("link")
+_FLOW = _DEFAULTS["flow"]
 
 
 # ---------------------------------------------------------------------------
@@ -422,7 +412,9 @@ def compute_appearance(
 
     ``frames_or_movie`` is an array of frames indexed by frame number, or a
     movie store (:class:`pipeline.io.Movie` or its path), read in parallel
-    per time chunk through :func:`pipeline.compute.map_frame_chunks`.
+    per time chunk through :func:`pipeline.compute.map_frame_chunks` on
+    ``threads`` local workers (the cores a job holds) or the scheduler that
+    ``compute`` names.
     """
     ndim = 3 if "z" in features.columns else 2
     tagged = features.assign(_feature_order=np.arange(len(features)))
@@ -462,34 +454,8 @@ def compute_appearance(
     return out
 
 
-def check_flow_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``link.flow`` section with defaults filled in; unknown keys and bad
-    values are errors naming the key."""
-    out = with_defaults("link.flow", params, DEFAULTS)
-    for key in ("gate", "flow_radius"):
-        value = out[key]
-        if value is not None and not (_is_number(value) and 0 < float(value) < math.inf):
-            raise ValueError(f"link.flow.{key} must be a positive number (or null for the default), got {value!r}")
-    if out["cost_cutoff"] is not None and not (_is_number(out["cost_cutoff"]) and not math.isnan(float(out["cost_cutoff"]))):
-        raise ValueError(f"link.flow.cost_cutoff must be a number (or null for none), got {out['cost_cutoff']!r}")
-    if out["assignment"] not in ASSIGNMENTS:
-        raise ValueError(f"link.flow.assignment must be one of {list(ASSIGNMENTS)}, got {out['assignment']!r}")
-    if not (_is_whole(out["flow_window"]) and out["flow_window"] >= 0):
-        raise ValueError(f"link.flow.flow_window must be a whole number >= 0, got {out['flow_window']!r}")
-    if out["flow_order"] not in (0, 1) or isinstance(out["flow_order"], bool):
-        raise ValueError(f"link.flow.flow_order must be 0 (weighted mean) or 1 (linear fit), got {out['flow_order']!r}")
-    for key in ("backward", "appearance"):
-        if not isinstance(out[key], (bool, np.bool_)):
-            raise ValueError(f"link.flow.{key} must be true or false, got {out[key]!r}")
-    return out
-
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_whole(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_features(features: pd.DataFrame) -> list[str]:
@@ -520,15 +486,14 @@ def link_flow(
     search_range: float,
     memory: int = 0,
     gate: float | None = None,
-    cost_cutoff: float | None = DEFAULTS["cost_cutoff"],
-    assignment: str = "hungarian",
+    cost_cutoff: float | None = _FLOW["cost_cutoff"],
+    assignment: str = _FLOW["assignment"],
     flow_radius: float | None = None,
-    flow_window: int = DEFAULTS["flow_window"],
-    flow_order: int = DEFAULTS["flow_order"],
-    backward: bool = False,
-    min_length: int = 1,
+    flow_window: int = _FLOW["flow_window"],
+    flow_order: int = _FLOW["flow_order"],
+    backward: bool = _FLOW["backward"],
     pixel_size_um=None,
-    appearance: bool = True,
+    appearance: bool = _FLOW["appearance"],
     window=None,
     compute: Mapping[str, Any] | None = None,
     threads: int | None = None,
@@ -575,8 +540,6 @@ def link_flow(
     backward : bool
         Also link from the last frame to the first and add the links the
         forward pass left open.
-    min_length : int
-        Tracks with fewer rows are removed (and counted in the log).
     pixel_size_um : float or sequence, optional
         Pixel size per axis ((z,) y, x): distances are then measured in µm,
         so anisotropic voxels are handled.
@@ -586,8 +549,10 @@ def link_flow(
         Appearance window half-width in pixels (default from each feature's
         ``size``).
     compute, threads
-        Dask settings for reading a movie's frames for the appearance
-        features (:func:`pipeline.compute.dask_scheduler`).
+        The ``compute`` section and the local workers for reading a movie's
+        frames for the appearance features
+        (:func:`pipeline.compute.map_frame_chunks`); a job passes the cores
+        it holds, else ``compute.threads`` or every core is used.
 
     Returns
     -------
@@ -613,17 +578,23 @@ def link_flow(
     """
     pos = _check_features(features)
     ndim = len(pos)
-    check_flow_params(
-        dict(gate=gate, cost_cutoff=cost_cutoff, assignment=assignment, flow_radius=flow_radius,
-             flow_window=flow_window, flow_order=flow_order, backward=backward, appearance=appearance,
-             window=window)
+    check_section(
+        "link",
+        {"memory": memory, "flow": dict(
+            gate=gate, cost_cutoff=cost_cutoff, assignment=assignment, flow_radius=flow_radius,
+            flow_window=flow_window, flow_order=flow_order, backward=backward, appearance=appearance,
+            window=window,
+        )},
     )
+    # what the schema cannot say: one number (it allows one per axis for
+    # trackpy), and finite (YAML's .inf and .nan are numbers to it)
     if not (_is_number(search_range) and 0 < float(search_range) < math.inf):
         raise ValueError(f"link.search_range must be one positive number for the flow linker, got {search_range!r}")
-    if not (_is_whole(memory) and memory >= 0):
-        raise ValueError(f"link.memory must be a whole number >= 0, got {memory!r}")
-    if not (_is_whole(min_length) and min_length >= 0):
-        raise ValueError(f"link.min_length must be a whole number >= 0, got {min_length!r}")
+    for key, value in (("gate", gate), ("flow_radius", flow_radius)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"link.flow.{key} must be finite (or null for the default), got {value!r}")
+    if cost_cutoff is not None and math.isnan(cost_cutoff):
+        raise ValueError(f"link.flow.cost_cutoff must be a number (or null for none), got {cost_cutoff!r}")
     scale = np.ones(ndim)
     if pixel_size_um is not None:
         scale = np.broadcast_to(np.asarray(pixel_size_um, dtype=float), (ndim,)).copy()
@@ -682,8 +653,8 @@ def link_flow(
 
     table["particle"] = particle
     table["link_cost"] = link_cost
-    for axis, c in enumerate(pos):
-        table[f"flow_d{c}"] = row_flow[:, axis]
+    for axis, name in enumerate(row_flow_columns(pos)):
+        table[name] = row_flow[:, axis]
 
     vsrc, vdst, vcost = vectors
     pos_cols, disp_cols = flow_columns(ndim)
@@ -697,16 +668,6 @@ def link_flow(
     flow["particle"] = particle[vsrc]
     flow = flow.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
 
-    if min_length > 1:
-        lengths = table.groupby("particle")["frame"].transform("size")
-        short = (lengths < min_length).to_numpy()
-        if short.any():
-            log.info(
-                "link (flow): removing %d features in %d tracks shorter than min_length=%d",
-                int(short.sum()), table.loc[short, "particle"].nunique(), min_length,
-            )
-            table = table.loc[~short]
-            flow = flow[flow["particle"].isin(set(table["particle"]))].reset_index(drop=True)
     table.attrs["flow_radius"] = settings.flow_radius
     table.attrs["gate"] = settings.gate
     return table, flow
@@ -717,17 +678,11 @@ def link_tracks(
     *,
     search_range,
     memory: int = 0,
-    min_length: int = 5,
     pixel_size_um=None,
     movie=None,
     adaptive_stop=None,
-    adaptive_step: float = 0.95,
-    link_strategy: str = "auto",
-    subtract_drift: bool = False,
-    drift_smoothing: int = 0,
-    min_mass: float | None = None,
-    max_size: float | None = None,
-    max_ecc: float | None = None,
+    adaptive_step: float = _DEFAULTS["adaptive_step"],
+    link_strategy: str = _DEFAULTS["link_strategy"],
     compute: Mapping[str, Any] | None = None,
     threads: int | None = None,
     **flow_params: Any,
@@ -735,26 +690,42 @@ def link_tracks(
     """:func:`link_flow` shaped for the link stage's dispatcher
     (:func:`pipeline.link.link`, ``link.method: flow``).
 
-    Takes the ``link`` section's keys plus the ``link.flow`` keys
-    (:data:`DEFAULTS`) and ``movie``; returns the tracks as the nearest
-    linker does: the kept rows plus ``particle``, ``link_cost`` and the flow
-    columns, sorted by particle then frame, the same filters
-    (``min_length``, ``min_mass``, ``max_size``, ``max_ecc``) and counts in
-    ``attrs["link_counts"]``. The flow table is what
-    :func:`pipeline.link.nearest.step_vectors` rebuilds from ``link_cost``:
-    the same vectors :func:`link_flow` returns.
-    """
-    from .nearest import COUNTS_ATTR, filter_tracks, measure_drift
+    Parameters
+    ----------
+    features : DataFrame
+        ``frame, [z,] y, x`` in pixels, plus any other columns.
+    search_range : float or sequence of float
+        One value (a sequence of equal values is taken as one).
+    memory, pixel_size_um
+        As for :func:`link_flow`.
+    movie : path or Movie, optional
+        The run's movie, for the appearance features.
+    adaptive_stop, adaptive_step, link_strategy
+        trackpy's keys, accepted only at their defaults (the stage passes
+        every linker the same ``link`` keys).
+    compute, threads
+        The ``compute`` section and the cores the job holds, for the
+        appearance step (:func:`compute_appearance`).
+    **flow_params
+        The ``link.flow`` keys (link.schema.yaml): keyword arguments of
+        :func:`link_flow`.
 
+    Returns
+    -------
+    DataFrame
+        Every feature plus ``particle``, ``link_cost`` and the flow columns
+        (:func:`link_flow`'s tracks); nothing is removed. The flow table is
+        what :func:`pipeline.link.nearest.step_vectors` rebuilds from
+        ``link_cost``: the same vectors :func:`link_flow` returns.
+    """
     # trackpy-only keys: harmless at their defaults, an error otherwise
-    for key, value, default in (
-        ("adaptive_stop", adaptive_stop, None),
-        ("adaptive_step", adaptive_step, 0.95),
-        ("link_strategy", link_strategy, "auto"),
+    for key, value in (
+        ("adaptive_stop", adaptive_stop),
+        ("adaptive_step", adaptive_step),
+        ("link_strategy", link_strategy),
     ):
-        if value != default:
+        if value != _DEFAULTS[key]:
             raise ValueError(f"link.{key} applies to method 'nearest' only; remove it for method 'flow'")
-    flow_params = check_flow_params(flow_params)
     if isinstance(search_range, (list, tuple, np.ndarray)):
         values = np.unique(np.asarray(search_range, dtype=float))
         if len(values) != 1:
@@ -768,24 +739,9 @@ def link_tracks(
         movie,
         search_range=search_range,
         memory=memory,
-        min_length=1,
         pixel_size_um=pixel_size_um,
         compute=compute,
         threads=threads,
         **flow_params,
     )
-    counts = {"features_in": int(len(features)), "tracks_linked": int(tracks["particle"].nunique())}
-    kept, filter_counts = filter_tracks(
-        tracks, min_length=min_length, min_mass=min_mass, max_size=max_size, max_ecc=max_ecc
-    )
-    counts.update(filter_counts)
-    kept = kept.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
-    if subtract_drift:
-        pos = ["z", "y", "x"] if "z" in kept.columns else ["y", "x"]
-        drift = measure_drift(kept, smoothing=drift_smoothing)
-        for col in pos:
-            kept[f"drift_{col}"] = drift[col].reindex(kept["frame"]).to_numpy(dtype=float)
-    counts["features_out"] = int(len(kept))
-    counts["tracks"] = int(kept["particle"].nunique())
-    kept.attrs[COUNTS_ATTR] = counts
-    return kept
+    return tracks

@@ -2,23 +2,17 @@
 
 Features are linked frame to frame by trackpy's linker, which minimises the
 total squared displacement of each subnetwork of candidate links within
-``search_range`` and closes gaps of up to ``memory`` frames. Short tracks are
-then removed (``min_length``, trackpy's ``filter_stubs``), optionally tracks
-whose mean appearance is off (``min_mass``, ``max_size``, ``max_ecc``), and
-optionally the ensemble drift is measured (trackpy's ``compute_drift``).
+``search_range`` and closes gaps of up to ``memory`` frames
+(:func:`link_trackpy`). :func:`link_nearest` then removes short tracks and
+optionally tracks whose mean appearance is off and measures the drift, as
+the link stage does after either linker (:mod:`.filters`).
 
-Conventions of the output
--------------------------
-- Positions stay the measured ones, in pixels. When drift is measured, the
-  cumulative drift of each row's frame (relative to the first frame) is added
-  as ``drift_[z_]y``/``drift_x`` columns, in pixels, so that a later stage gets
-  drift-free positions as ``y - drift_y``: nothing measured is overwritten.
-- Anisotropic voxels: with ``pixel_size_um`` given, ``search_range`` is in µm
-  and is converted to one search range in pixels per axis
-  (``search_range / pixel_size_um``). trackpy then measures distances in
-  units of the per-axis search range, which is the same as linking the
-  positions scaled to µm with a scalar ``search_range``, without copying or
-  rescaling any column.
+Anisotropic voxels: with ``pixel_size_um`` given, ``search_range`` is in µm
+and is converted to one search range in pixels per axis
+(``search_range / pixel_size_um``). trackpy then measures distances in units
+of the per-axis search range, which is the same as linking the positions
+scaled to µm with a scalar ``search_range``, without copying or rescaling any
+column.
 
 References
 ----------
@@ -29,18 +23,19 @@ colloidal studies, J. Colloid Interface Sci. 179:298.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import trackpy
 
+from ..io.schema import section_defaults
 from ..io.tables import position_columns
+from .filters import finish_tracks
 
-__all__ = ["link_nearest", "filter_tracks", "measure_drift", "step_vectors", "COUNTS_ATTR"]
+__all__ = ["link_nearest", "link_trackpy", "step_vectors"]
 
-#: key of ``DataFrame.attrs`` under which the linkers leave their counts
-COUNTS_ATTR = "link_counts"
+_DEFAULTS = section_defaults("link")
 
 
 def link_nearest(
@@ -49,17 +44,66 @@ def link_nearest(
     search_range: float | Sequence[float],
     memory: int = 0,
     adaptive_stop: float | None = None,
-    adaptive_step: float = 0.95,
-    link_strategy: str = "auto",
-    min_length: int = 5,
+    adaptive_step: float = _DEFAULTS["adaptive_step"],
+    link_strategy: str = _DEFAULTS["link_strategy"],
     pixel_size_um: float | Sequence[float] | None = None,
-    subtract_drift: bool = False,
-    drift_smoothing: int = 0,
-    min_mass: float | None = None,
-    max_size: float | None = None,
-    max_ecc: float | None = None,
+    **filters: Any,
 ) -> pd.DataFrame:
-    """Link features into tracks with trackpy's nearest-neighbour linker.
+    """Link features into tracks with trackpy's nearest-neighbour linker,
+    then filter them and measure the drift as the link stage does.
+
+    Parameters
+    ----------
+    features : DataFrame
+        One row per feature: ``frame``, ``[z,] y, x`` in pixels, and any other
+        columns (kept as they are).
+    search_range, memory, adaptive_stop, adaptive_step, link_strategy, pixel_size_um
+        As for :func:`link_trackpy` (``memory`` defaults to trackpy's 0).
+    **filters
+        ``min_length`` (default 5: shorter tracks are removed; 0 or 1 keeps
+        every track), ``min_mass``, ``max_size``, ``max_ecc``,
+        ``subtract_drift`` and ``drift_smoothing``: see
+        :func:`pipeline.link.filters.finish_tracks`.
+
+    Returns
+    -------
+    DataFrame
+        The kept rows plus ``particle`` (int64, trackpy's track ids), sorted
+        by particle then frame, with a fresh index. ``attrs["link_counts"]``
+        holds the counts: ``features_in``, ``features_out``,
+        ``tracks_linked``, ``tracks``, ``stubs_removed``,
+        ``stub_features_removed``, ``appearance_removed``,
+        ``appearance_features_removed``.
+
+    Raises
+    ------
+    ValueError
+        A required column is missing, a position is not finite, or a
+        subnetwork is too large to solve.
+    """
+    linked = link_trackpy(
+        features,
+        search_range=search_range,
+        memory=memory,
+        adaptive_stop=adaptive_stop,
+        adaptive_step=adaptive_step,
+        link_strategy=link_strategy,
+        pixel_size_um=pixel_size_um,
+    )
+    return finish_tracks(linked, features_in=len(features), **filters)
+
+
+def link_trackpy(
+    features: pd.DataFrame,
+    *,
+    search_range: float | Sequence[float],
+    memory: int = 0,
+    adaptive_stop: float | None = None,
+    adaptive_step: float = _DEFAULTS["adaptive_step"],
+    link_strategy: str = _DEFAULTS["link_strategy"],
+    pixel_size_um: float | Sequence[float] | None = None,
+) -> pd.DataFrame:
+    """Link features with trackpy's nearest-neighbour linker; nothing is removed.
 
     Parameters
     ----------
@@ -81,30 +125,15 @@ def link_nearest(
     link_strategy : str
         trackpy's subnetwork solver: ``auto``, ``recursive``, ``nonrecursive``,
         ``numba``, ``hybrid`` or ``drop``.
-    min_length : int
-        Tracks with fewer rows (frames) are removed (trackpy's
-        ``filter_stubs``). 0 or 1 keeps every track.
     pixel_size_um : float or sequence of float, optional
         Pixel size per axis (``[z,] y, x``) in µm; makes ``search_range`` and
         ``adaptive_stop`` physical distances (anisotropic 3D linking).
-    subtract_drift : bool
-        Measure the ensemble drift and add it as ``drift_<axis>`` columns
-        (pixels; positions are left as measured).
-    drift_smoothing : int
-        Forward rolling mean, in frames, of trackpy's drift estimate.
-    min_mass, max_size, max_ecc : float, optional
-        Remove tracks whose mean ``mass`` is below / mean ``size`` (each
-        ``size_<axis>`` for anisotropic features) or mean ``ecc`` above.
 
     Returns
     -------
     DataFrame
-        The kept rows plus ``particle`` (int64, trackpy's track ids), sorted
-        by particle then frame, with a fresh index. ``attrs["link_counts"]``
-        holds the counts: ``features_in``, ``features_out``,
-        ``tracks_linked``, ``tracks``, ``stubs_removed``,
-        ``stub_features_removed``, ``appearance_removed``,
-        ``appearance_features_removed``.
+        Every feature plus ``particle`` (int64, trackpy's track ids), in
+        trackpy's order.
 
     Raises
     ------
@@ -118,7 +147,6 @@ def link_nearest(
     stop_px = None
     if adaptive_stop is not None:
         stop_px = _search_range_px(adaptive_stop, pos, pixel_size_um, name="adaptive_stop")
-    counts = {"features_in": int(len(features))}
 
     if features.empty:
         warnings.warn("link: no features to link; the tracks table is empty", stacklevel=2)
@@ -141,96 +169,7 @@ def link_nearest(
                 "or use link_strategy 'drop'"
             ) from None
     linked["particle"] = linked["particle"].astype("int64")
-    counts["tracks_linked"] = int(linked["particle"].nunique())
-
-    tracks, filter_counts = filter_tracks(
-        linked, min_length=min_length, min_mass=min_mass, max_size=max_size, max_ecc=max_ecc
-    )
-    counts.update(filter_counts)
-    tracks = tracks.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
-    if tracks.empty and not linked.empty:
-        warnings.warn(
-            f"link: all {counts['tracks_linked']} tracks were filtered out "
-            f"(min_length={min_length}, min_mass={min_mass}, max_size={max_size}, max_ecc={max_ecc})",
-            stacklevel=2,
-        )
-    if subtract_drift:
-        drift = measure_drift(tracks, smoothing=drift_smoothing)
-        for col in pos:
-            tracks[f"drift_{col}"] = drift[col].reindex(tracks["frame"]).to_numpy(dtype=float)
-    counts["features_out"] = int(len(tracks))
-    counts["tracks"] = int(tracks["particle"].nunique())
-    tracks.attrs[COUNTS_ATTR] = counts
-    return tracks
-
-
-def filter_tracks(
-    tracks: pd.DataFrame,
-    *,
-    min_length: int = 5,
-    min_mass: float | None = None,
-    max_size: float | None = None,
-    max_ecc: float | None = None,
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Remove short tracks, then tracks whose mean appearance is off.
-
-    Parameters
-    ----------
-    tracks : DataFrame
-        Linked rows with ``particle`` and ``frame``.
-    min_length : int
-        Minimum rows per track (trackpy's ``filter_stubs`` threshold).
-    min_mass, max_size, max_ecc : float, optional
-        Bounds on each track's mean ``mass``, ``size`` (every ``size_<axis>``
-        column for anisotropic features, in pixels) and ``ecc``.
-
-    Returns
-    -------
-    kept : DataFrame
-    counts : dict
-        ``stubs_removed``, ``stub_features_removed``, ``appearance_removed``,
-        ``appearance_features_removed``.
-    """
-    lengths = tracks.groupby("particle")["frame"].transform("size")
-    long_enough = lengths >= int(min_length)
-    counts = {
-        "stubs_removed": int(tracks.loc[~long_enough, "particle"].nunique()),
-        "stub_features_removed": int((~long_enough).sum()),
-    }
-    kept = tracks[long_enough]
-
-    bounds = []  # (column, is_lower_bound, value)
-    if min_mass is not None:
-        bounds.append(("mass", True, min_mass))
-    if max_size is not None:
-        size_cols = [c for c in kept.columns if c == "size" or c.startswith("size_")]
-        bounds += [(c, False, max_size) for c in size_cols] or [("size", False, max_size)]
-    if max_ecc is not None:
-        bounds.append(("ecc", False, max_ecc))
-    good = pd.Series(True, index=kept.index)
-    for column, lower, value in bounds:
-        if column not in kept.columns:
-            raise ValueError(f"link: an appearance filter needs the column '{column}', which the features lack")
-        mean = kept.groupby("particle")[column].transform("mean")
-        good &= (mean >= value) if lower else (mean <= value)
-    counts["appearance_removed"] = int(kept.loc[~good, "particle"].nunique())
-    counts["appearance_features_removed"] = int((~good).sum())
-    return kept[good], counts
-
-
-def measure_drift(tracks: pd.DataFrame, *, smoothing: int = 0) -> pd.DataFrame:
-    """Cumulative ensemble drift per frame, in pixels (trackpy's ``compute_drift``).
-
-    Returns a DataFrame indexed by every frame from the first to the last of
-    ``tracks``, one column per position axis; the first frame has zero drift,
-    and frames without any one-frame step carry the previous value.
-    """
-    pos = position_columns(tracks)
-    if tracks.empty:
-        return pd.DataFrame(columns=pos, dtype=float)
-    frames = np.arange(int(tracks["frame"].min()), int(tracks["frame"].max()) + 1)
-    drift = trackpy.compute_drift(tracks, smoothing=int(smoothing), pos_columns=pos)
-    return drift.reindex(frames).ffill().fillna(0.0).rename_axis("frame")
+    return linked
 
 
 def step_vectors(tracks: pd.DataFrame) -> pd.DataFrame:

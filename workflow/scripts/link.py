@@ -7,12 +7,16 @@ from pipeline.link import run
 def main(smk) -> None:
     log_to_file(smk.log[0])
 
+    # compute comes from the config, not from params: changing the scheduler
+    # does not re-run the science
     run(
         smk.input.features,
         smk.output.tracks,
         smk.params.stage,
         movie=smk.input.movie,
         flow_output=smk.output.flow,
+        compute=smk.config["compute"],
+        threads=smk.threads,
     )
 
 
