@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..io.movie import MovieError, open_movie
 from ..io.schema import check_section
-from ..io.tables import drift_columns, position_columns, read_table, write_table
+from ..io.tables import FEATURE_COLUMNS, drift_columns, position_columns, read_table, write_table
 from .filters import COUNTS_ATTR, FILTER_KEYS, finish_tracks
 from .flow import link_tracks
 from .nearest import link_nearest, link_trackpy, step_vectors
@@ -118,7 +118,7 @@ def run(
         The tracks, as written.
     """
     params = check_section("link", params)
-    table = read_table(features, required=("frame", "y", "x"), stage="locate or refine")
+    table = read_table(features, required=FEATURE_COLUMNS, stage="locate or refine")
     pos = position_columns(table)
     options = {key: value for key, value in params.items() if key not in ("method", "search_range_um", "flow")}
     pixel_size_um = None

@@ -35,6 +35,7 @@ COUNTS_ATTR = "link_counts"
 #: the ``link`` keys :func:`finish_tracks` takes (the rest are the linker's)
 FILTER_KEYS = ("min_length", "min_mass", "max_size", "max_ecc", "subtract_drift", "drift_smoothing")
 
+#: The ``link`` section's defaults (workflow/schemas/link.schema.yaml), for keyword defaults.
 _DEFAULTS = section_defaults("link")
 
 
@@ -43,11 +44,11 @@ def finish_tracks(
     *,
     features_in: int,
     min_length: int = _DEFAULTS["min_length"],
-    min_mass: float | None = None,
-    max_size: float | None = None,
-    max_ecc: float | None = None,
-    subtract_drift: bool = False,
-    drift_smoothing: int = 0,
+    min_mass: float | None = _DEFAULTS["min_mass"],
+    max_size: float | None = _DEFAULTS["max_size"],
+    max_ecc: float | None = _DEFAULTS["max_ecc"],
+    subtract_drift: bool = _DEFAULTS["subtract_drift"],
+    drift_smoothing: int = _DEFAULTS["drift_smoothing"],
 ) -> pd.DataFrame:
     """Filter linked rows into the tracks table, counting what was removed,
     and add the drift columns.
