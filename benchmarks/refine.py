@@ -56,13 +56,14 @@ from scipy.spatial import cKDTree
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.io import write_movie  # noqa: E402
-from pipeline.refine import DEFAULT_PARAMS, refine_frames, refine_movie  # noqa: E402
+from pipeline.io.schema import section_defaults  # noqa: E402
+from pipeline.refine import FIT_OPTIONS as FIT_KEYS, refine_frames, refine_movie  # noqa: E402
 from pipeline.simulate.render import render_gaussian_spots  # noqa: E402
 
 SIGMA_PX = 1.5
 DIAMETER = 9
 PIXEL = 1.0  # a, in units of the pixel
-FIT_OPTIONS = {k: v for k, v in DEFAULT_PARAMS.items() if k not in ("method", "diameter", "max_failed_fraction", "frames_per_task")}
+FIT_OPTIONS = {k: v for k, v in section_defaults("refine").items() if k in FIT_KEYS}
 
 logging.getLogger("trackpy").setLevel(logging.ERROR)
 trackpy.quiet()

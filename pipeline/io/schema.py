@@ -184,7 +184,7 @@ def check_section(section: str, params: Mapping[str, Any] | None = None, *, fill
     Returns
     -------
     dict
-        A new dict; ``params`` is not changed.
+        A new dict, keys in the schema's order; ``params`` is not changed.
 
     Raises
     ------
@@ -195,8 +195,11 @@ def check_section(section: str, params: Mapping[str, Any] | None = None, *, fill
     """
     if params is not None and not isinstance(params, Mapping):
         raise ConfigError(f"{section}: expected a mapping of keys, got {type(params).__name__}")
-    return validate(dict(params or {}), f"{section}.schema.yaml", None, fill=fill, schema_dir=schema_dir,
-                    prefix=section)
+    checked = validate(dict(params or {}), f"{section}.schema.yaml", None, fill=fill, schema_dir=schema_dir,
+                       prefix=section)
+    # the schema's order, whatever order the keys came in: provenance reads alike for every run
+    order = section_schema(section, schema_dir=schema_dir).get("properties") or {}
+    return {**{key: checked[key] for key in order if key in checked}, **checked}
 
 
 @lru_cache(maxsize=None)
