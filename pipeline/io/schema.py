@@ -198,7 +198,7 @@ def check_section(section: str, params: Mapping[str, Any] | None = None, *, fill
     checked = validate(dict(params or {}), f"{section}.schema.yaml", None, fill=fill, schema_dir=schema_dir,
                        prefix=section)
     # the schema's order, whatever order the keys came in: provenance reads alike for every run
-    order = section_schema(section, schema_dir=schema_dir).get("properties") or {}
+    order = _validators(str(schema_dir or SCHEMA_DIR), f"{section}.schema.yaml")[0].get("properties") or {}
     return {**{key: checked[key] for key in order if key in checked}, **checked}
 
 
