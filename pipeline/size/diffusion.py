@@ -23,7 +23,7 @@ from ..io.schema import section_defaults
 from .conditions import check_interval
 from .steps import track_steps
 
-__all__ = ["blur_factor", "cve", "optimal_msd_points", "msd_fit", "track_diffusion"]
+__all__ = ["blur_factor", "cve", "optimal_msd_points", "msd_fit", "track_diffusion", "pooled_cve"]
 
 #: The ``size`` section\'s defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
 _DEFAULTS = section_defaults("size")
@@ -286,6 +286,7 @@ def _per_track_moments(st: dict) -> pd.DataFrame:
             "n_pairs": np.bincount(pair_code[pair_ok], minlength=n_tracks),
             "sum_sq_um2": np.bincount(step_code[ok], weights=sq[ok], minlength=n_tracks),
             "sum_prod_um2": np.bincount(pair_code[pair_ok], weights=prod[pair_ok], minlength=n_tracks),
+            "n_outlier_steps": np.bincount(step_code[st["step_outlier"]], minlength=n_tracks),
         }
     )
 
@@ -300,6 +301,8 @@ def track_diffusion(
     sigma_um: float | None = None,
     min_steps: int = _DEFAULTS["min_steps"],
     subtract_flow: bool = _DEFAULTS["subtract_flow"],
+    outlier_p: float | None = _DEFAULTS["outlier_p"],
+    remove_outliers: bool = _DEFAULTS["remove_outliers"],
 ) -> pd.DataFrame:
     """Diffusion coefficient and localization error of every track.
 
@@ -327,6 +330,9 @@ def track_diffusion(
     min_steps : int
         Tracks with fewer single-frame steps are left out (the caller counts
         them: ``len(tracks.particle.unique()) - len(result)``).
+    outlier_p, remove_outliers
+        Count (and optionally leave out) the steps too long for one
+        diffusion coefficient (:func:`~pipeline.size.steps.outlier_steps`).
     subtract_flow : bool
         Subtract the flow or drift (see :func:`~pipeline.size.steps.track_steps`).
 
@@ -336,16 +342,21 @@ def track_diffusion(
     last_frame, n_steps, n_pairs, mean_sq_step_um2`` (mean over steps of the
     squared displacement summed over axes), ``D_um2_s``, ``sigma2_um2``
     (per axis; may be negative from noise), ``sigma_um`` (√ of it, clipped at
-    0) and, for ``method="msd"``, ``msd_points``.
+    0), ``n_outlier_steps`` and, for ``method="msd"``, ``msd_points``.
+    ``attrs`` hold the pooled covariance estimate over every step of the
+    kept tracks (``pooled_D_um2_s``, ``pooled_sigma2_um2``), ``blur_R``,
+    the motion correction and the counts.
     """
     if method not in ("cve", "msd"):
         raise ValueError(f"size.method must be 'cve' or 'msd', got {method!r}")
     dt = check_interval(frame_interval_s)
     R = blur_factor(exposure_s, dt)
-    st = track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=subtract_flow)
+    st = track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=subtract_flow, outlier_p=outlier_p,
+                     remove_outliers=remove_outliers)
     out = _per_track_moments(st)
     ndim = st["ndim"]
     out = out[out["n_steps"] >= max(int(min_steps), 1)].reset_index(drop=True)
+    pooled_D, pooled_s2 = pooled_cve(out, ndim, dt, R)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["mean_sq_step_um2"] = out["sum_sq_um2"] / out["n_steps"]
         msq = out["sum_sq_um2"] / (out["n_steps"] * ndim)
@@ -378,5 +389,23 @@ def track_diffusion(
         motion_columns=list(st["motion_columns"]),
         steps_missing_flow=st["steps_missing_flow"],
         n_tracks_in=len(st["ids"]),
+        pooled_D_um2_s=pooled_D,
+        pooled_sigma2_um2=pooled_s2,
+        outliers_removed=bool(remove_outliers),
     )
     return out
+
+
+def pooled_cve(moments: pd.DataFrame, ndim: int, dt: float, R: float) -> tuple[float, float]:
+    """D (µm²/s) and σ² (µm² per axis) by the covariance estimator over every
+    single-frame step of every track at once (Vestergaard et al. 2014 with
+    the moments pooled): one estimate for the sample, with the errors of
+    short tracks averaged out. NaN without steps or step pairs."""
+    n_steps = float(moments["n_steps"].sum()) * ndim
+    n_pairs = float(moments["n_pairs"].sum()) * ndim
+    if n_steps == 0 or n_pairs == 0:
+        return float("nan"), float("nan")
+    msq = float(moments["sum_sq_um2"].sum()) / n_steps
+    mcov = float(moments["sum_prod_um2"].sum()) / n_pairs
+    D, s2 = _cve_from_moments(msq, mcov, dt, R)
+    return float(D), float(s2)

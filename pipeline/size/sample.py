@@ -19,6 +19,7 @@ from ..io.tables import position_columns
 from ..physics import stokes_einstein_diameter
 from .conditions import check_interval, pixel_sizes, temperature_and_viscosity
 from .diffusion import blur_factor, track_diffusion
+from .ems import choose_smoothing, cve_likelihood, fit_distribution
 from .distribution import (
     FIGURES,
     binned,
@@ -27,13 +28,17 @@ from .distribution import (
     grid_mode,
     grid_quantiles,
 )
-from .ensemble import ensemble_msd, fit_powerlaw
+from .ensemble import ensemble_msd, fit_powerlaw, msd_slope_D
 from .parameters import check_params
-from .walker import diameter_grid, walker_em, walker_likelihood
+from .walker import diameter_grid, walker_likelihood
 
 __all__ = ["size_tracks"]
 
 _UM3_PER_ML = 1e12  # 1 mL = 1 cm³ = 1e12 µm³
+#: Steps (times axes) from which a track's covariance estimate of D is close
+#: enough to normal (its skewness falls as 1/√N) to enter the EMS fit as
+#: such; shorter tracks enter through Walker's likelihood.
+CVE_MIN_AXIS_STEPS = 20
 
 
 def size_tracks(
@@ -102,9 +107,10 @@ def size_tracks(
         temperature_K=T, viscosity_Pa_s=eta, notes=notes,
     )
     ndim = len(position_columns(tracks))
-    sigma, sigma_source = _localization_error(sizes, p)
+    localization = _localization_error(sizes, counts, p, R, exposure_s)
+    sigma = localization["sigma_um"]
     grid = diameter_grid(p["grid_min_nm"], p["grid_max_nm"], p["grid_points"])
-    fit = _walker_fit(
+    fit = _distribution_fit(
         sizes, p, notes, frame_interval_s=dt, temperature_K=T, viscosity_Pa_s=eta, grid_nm=grid, ndim=ndim,
         sigma_um=sigma, R=R,
     )
@@ -117,6 +123,10 @@ def size_tracks(
         p["histogram_bins"], notes,
     )
     msd = _ensemble_msd(tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=dt)
+    cross_checks = _cross_checks(counts["pooled_D_um2_s"], msd["emsd_D_um2_s"], figures, p, T, eta)
+    qc = _qc_flags(localization, cross_checks, counts,
+                   {**figures, "grid_min_nm": p["grid_min_nm"], "grid_max_nm": p["grid_max_nm"]},
+                   fit, n_valid=fit["n_valid"], outlier_p=p["outlier_p"])
 
     summary: dict[str, Any] = {
         **figures,
@@ -138,8 +148,20 @@ def size_tracks(
         "ndim": ndim,
         "pixel_size_um": [float(v) for v in pixel_sizes(pixel_size_um, ndim)],
         "method": p["method"],
+        "distribution_method": p["distribution"],
+        "smoothing_ln_d": fit["smoothing"],
+        "smoothing_cv": fit["smoothing_cv"],
         "sigma_um": sigma,
-        "sigma_source": sigma_source,
+        "sigma_source": localization["source"],
+        "localization": localization,
+        "cross_checks": cross_checks,
+        "n_outlier_steps": counts["n_outlier_steps"],
+        "n_tracks_outliers": counts["n_tracks_outliers"],
+        "outlier_rule": (
+            f"a single-frame step above the (1 - {p['outlier_p']:g}/k) quantile of v·χ²(ndim), v from the "
+            "median of the track's k squared steps" + ("; left out" if p["remove_outliers"] else "; counted, kept")
+        ),
+        "qc": qc,
         "motion_correction": counts["motion"],
         "motion_columns": counts["motion_columns"],
         "steps_missing_flow": counts["steps_missing_flow"],
@@ -165,9 +187,12 @@ def _track_sizes(
     sizes = track_diffusion(
         tracks, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s, exposure_s=exposure_s,
         method=p["method"], sigma_um=p["sigma_um"], min_steps=p["min_steps"],
-        subtract_flow=p["subtract_flow"],
+        subtract_flow=p["subtract_flow"], outlier_p=p["outlier_p"], remove_outliers=p["remove_outliers"],
     )
     info = dict(sizes.attrs)
+    info["n_outlier_steps"] = int(sizes["n_outlier_steps"].sum())
+    info["n_tracks_outliers"] = int((sizes["n_outlier_steps"] > 0).sum())
+    info["n_tracks_sized"] = len(sizes)
     sizes["diameter_nm"] = stokes_einstein_diameter(sizes["D_um2_s"].to_numpy(), temperature_K, viscosity_Pa_s)
     n_in = int(info["n_tracks_in"])
     n_short = n_in - len(sizes)
@@ -176,61 +201,106 @@ def _track_sizes(
     return sizes, {**info, "n_tracks_in": n_in, "n_tracks_short": n_short}
 
 
-def _localization_error(sizes: pd.DataFrame, p) -> tuple[float, str]:
-    """One localization error per axis (µm) for the Walker likelihood of all
-    tracks, and where it comes from."""
-    if p["sigma_um"] is not None:
-        return float(p["sigma_um"]), "given (size.sigma_um)"
-    # the median of the per-track estimates: each is unbiased for white
-    # Gaussian noise, and the median keeps a few outlying localizations
-    # (overlaps, mislinks) from inflating the offset of every track
-    s2 = sizes["sigma2_um2"].to_numpy()
-    s2 = s2[np.isfinite(s2)]
-    sigma = math.sqrt(max(float(np.median(s2)), 0.0)) if s2.size else 0.0
-    return sigma, f"estimated ({p['method']}, median over tracks)"
+def _localization_error(sizes: pd.DataFrame, counts: dict[str, Any], p, R: float,
+                        exposure_s: float | None) -> dict[str, Any]:
+    """One localization error per axis (µm) for the size distribution, where
+    it comes from, the pooled estimate beside it, and the blur factor assumed.
 
-
-def _walker_fit(sizes: pd.DataFrame, p, notes, **likelihood) -> dict[str, Any]:
-    """Walker's distribution over ``likelihood["grid_nm"]`` from the tracks
-    that moved, each track's posterior mean diameter under it, and the
-    bootstrap intervals of its mode and D50.
-
-    Returns ``weights`` (per grid point; NaN without tracks), ``iterations``,
-    ``converged``, ``posterior`` (per row of ``sizes``, nm), ``mode_ci`` and
-    ``d50_ci`` (nm, or None) and ``n_valid`` (tracks in the fit).
+    The distribution's likelihood takes one σ for all tracks: the median of
+    the per-track covariance estimates, the typical track's. On real footage
+    σ differs from track to track (brightness, focus), and the estimate
+    pooled over every step, dominated by the noisiest tracks, makes the
+    others look immobile (measured on bulk_water: the distribution then
+    piles up at the grid's end). The pooled estimate is reported and
+    checked: a negative pooled variance means motion blur is not accounted
+    for. A median below zero is clipped to 0 and said so.
     """
-    grid = likelihood["grid_nm"]
-    m = sizes["mean_sq_step_um2"].to_numpy()
-    k = sizes["n_steps"].to_numpy()
-    usable = np.isfinite(m) & (m > 0)
-    if (~usable).any():
-        notes.append(f"{int((~usable).sum())} tracks did not move (zero squared steps): left out of the EM")
-    mode_ci = d50_ci = None
-    posterior = np.full(len(sizes), np.nan)
-    if usable.any():
-        P = walker_likelihood(m[usable], k[usable], n_pairs=sizes["n_pairs"].to_numpy()[usable], **likelihood)
-        pw, it, conv = walker_em(P, max_iter=p["max_iter"], tol=p["tol"])
-        weights = pw[0]
-        iterations, converged = int(it[0]), bool(conv[0])
-        joint = P * weights[None, :]
-        posterior[usable] = (joint @ grid) / joint.sum(axis=1)
-        if p["n_bootstrap"] > 0 and usable.sum() > 1:
-            mode_ci, d50_ci = _bootstrap_intervals(P, weights, grid, p)
-        if not converged:
-            notes.append(f"Walker EM stopped at size.max_iter={p['max_iter']} before reaching size.tol")
+    blur_source = "exposure_s" if exposure_s is not None else "assumed (exposure unknown: R = 0)"
+    pooled = float(counts["pooled_sigma2_um2"])
+    if p["sigma_um"] is not None:
+        s2, source = float(p["sigma_um"]) ** 2, "given (size.sigma_um)"
     else:
-        weights = np.full(grid.size, np.nan)
-        iterations, converged = 0, False
-        notes.append("no valid tracks: no size distribution")
+        per_track = sizes["sigma2_um2"].to_numpy()
+        per_track = per_track[np.isfinite(per_track)]
+        s2 = float(np.median(per_track)) if per_track.size else float("nan")
+        source = f"estimated ({p['method']}, median over tracks)"
+    sigma = math.sqrt(s2) if np.isfinite(s2) and s2 > 0 else 0.0
     return {
-        "weights": weights, "iterations": iterations, "converged": converged, "posterior": posterior,
-        "mode_ci": mode_ci, "d50_ci": d50_ci, "n_valid": int(usable.sum()),
+        "sigma_um": sigma, "sigma2_um2": s2, "source": source,
+        "pooled_sigma2_um2": pooled, "pooled_sigma_um": math.sqrt(pooled) if np.isfinite(pooled) and pooled > 0 else 0.0,
+        "blur_R": R, "blur_source": blur_source,
     }
 
 
-def _bootstrap_intervals(P: np.ndarray, weights: np.ndarray, grid: np.ndarray, p) -> tuple[list, list]:
-    """95 % intervals (nm) of the mode and D50 of Walker's distribution,
-    from ``size.n_bootstrap`` refits with the tracks (rows of the likelihood
+def _distribution_fit(sizes: pd.DataFrame, p, notes, **conditions) -> dict[str, Any]:
+    """The maximum-likelihood size distribution over ``conditions["grid_nm"]``
+    (``size.distribution``: EMS on the per-track covariance estimates, or
+    Walker's EM on the mean squared steps), each track's posterior mean
+    diameter under it, and the bootstrap intervals of its mode and D50.
+
+    Returns ``weights`` (per grid point; NaN without tracks), ``iterations``,
+    ``converged``, ``posterior`` (per row of ``sizes``, nm), ``mode_ci`` and
+    ``d50_ci`` (nm, or None), ``n_valid`` (tracks in the fit), ``smoothing``
+    (the EMS kernel width in ln d, None for Walker's) and ``smoothing_cv``.
+    """
+    grid = conditions["grid_nm"]
+    m = sizes["mean_sq_step_um2"].to_numpy()
+    usable = np.isfinite(m) & (m > 0)
+    if (~usable).any():
+        notes.append(f"{int((~usable).sum())} tracks did not move (zero squared steps): left out of the fit")
+    out: dict[str, Any] = {
+        "weights": np.full(grid.size, np.nan), "iterations": 0, "converged": False,
+        "posterior": np.full(len(sizes), np.nan), "mode_ci": None, "d50_ci": None,
+        "n_valid": int(usable.sum()), "smoothing": None, "smoothing_cv": None,
+    }
+    if not usable.any():
+        notes.append("no valid tracks: no size distribution")
+        return out
+    valid = sizes[usable]
+    P = walker_likelihood(
+        valid["mean_sq_step_um2"].to_numpy(), valid["n_steps"].to_numpy(),
+        n_pairs=valid["n_pairs"].to_numpy(), **conditions,
+    )
+    width = 0.0  # Walker's EM
+    if p["distribution"] == "ems":
+        # Long tracks: the likelihood of their own covariance estimate, which
+        # no other track's localization error enters (on real footage σ
+        # differs from track to track, and one σ for all makes the tracks
+        # of sharp spots look immobile). Short tracks: Walker's exact
+        # likelihood of the mean squared step, where the covariance
+        # estimate is too far from normal to be modelled as such.
+        N = valid["n_steps"].to_numpy() * conditions["ndim"]
+        own = (N >= CVE_MIN_AXIS_STEPS) & np.isfinite(valid["D_um2_s"].to_numpy())
+        if own.any():
+            P[own] = cve_likelihood(
+                valid["D_um2_s"].to_numpy()[own], N[own],
+                frame_interval_s=conditions["frame_interval_s"], temperature_K=conditions["temperature_K"],
+                viscosity_Pa_s=conditions["viscosity_Pa_s"], grid_nm=grid,
+                sigma2_um2=conditions["sigma_um"] ** 2, R=conditions["R"],
+            )
+        width = p["smoothing"]
+        if width is None:
+            width, out["smoothing_cv"] = choose_smoothing(
+                P, grid, folds=p["cv_folds"], seed=p["seed"], max_iter=p["max_iter"], tol=p["tol"]
+            )
+        out["smoothing"] = float(width)
+    weights, out["iterations"], out["converged"] = fit_distribution(
+        P, grid, width, max_iter=p["max_iter"], tol=p["tol"]
+    )
+    out["weights"] = weights
+    joint = P * weights[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["posterior"][usable] = (joint @ grid) / joint.sum(axis=1)
+    if p["n_bootstrap"] > 0 and usable.sum() > 1:
+        out["mode_ci"], out["d50_ci"] = _bootstrap_intervals(P, weights, grid, width, p)
+    if not out["converged"]:
+        notes.append(f"the {p['distribution']} fit stopped at size.max_iter={p['max_iter']} before reaching size.tol")
+    return out
+
+
+def _bootstrap_intervals(P: np.ndarray, weights: np.ndarray, grid: np.ndarray, width: float, p) -> tuple[list, list]:
+    """95 % intervals (nm) of the mode and D50 of the distribution, from
+    ``size.n_bootstrap`` refits with the tracks (rows of the likelihood
     ``P``) resampled with replacement (seed ``size.seed``)."""
     rng = np.random.default_rng(p["seed"])
     J = P.shape[0]
@@ -238,13 +308,12 @@ def _bootstrap_intervals(P: np.ndarray, weights: np.ndarray, grid: np.ndarray, p
     # Replicates are fitted on the grid points that carry weight in the
     # full fit, widened by 10 points (~15 % in d with the default grid)
     # each side: weight far outside would stay negligible anyway, and
-    # the EM runs several times faster. One replicate at a time:
-    # matrix-vector updates beat batched matrix-matrix ones here.
+    # the fit runs several times faster.
     near = np.convolve((weights > 1e-6 * weights.max()).astype(float), np.ones(21), mode="same") > 0
     P_near = np.ascontiguousarray(P[:, near])
     pb = np.zeros((len(W), grid.size))
     for i, w in enumerate(W):
-        pb[i, near] = walker_em(P_near, weights=w[None, :], max_iter=p["max_iter"], tol=p["tol"])[0][0]
+        pb[i, near] = fit_distribution(P_near, grid[near], width, weights=w, max_iter=p["max_iter"], tol=p["tol"])[0]
     modes = np.array([grid_mode(grid, row, 1.5) for row in pb])
     d50s = np.array([grid_quantiles(grid, row, [0.5])[0] for row in pb])
     mode_ci = [float(v) for v in np.nanpercentile(modes, [2.5, 97.5])]
@@ -333,8 +402,100 @@ def _ensemble_msd(tracks: pd.DataFrame, p, *, pixel_size_um, frame_interval_s) -
         subtract_flow=p["subtract_flow"],
     )
     n_pl, A_pl = fit_powerlaw(emsd["lagt_s"], emsd["msd_um2"])
+    ndim = len(position_columns(tracks))
     return {
         "msd_powerlaw_n": n_pl,
         "msd_powerlaw_A": A_pl,
+        "emsd_D_um2_s": msd_slope_D(emsd["lagt_s"], emsd["msd_um2"], ndim),
         "emsd": [{"lagt_s": float(t), "msd_um2": float(v)} for t, v in zip(emsd["lagt_s"], emsd["msd_um2"])],
     }
+
+
+def _cross_checks(pooled_D, emsd_D, figures, p, temperature_K, viscosity_Pa_s) -> dict[str, Any]:
+    """The sample's size five ways: from the covariance estimator pooled over
+    all steps, from the ensemble-MSD slope, and the distribution's mode,
+    mean and D50; the largest relative difference from the pooled estimate,
+    and whether it is within ``size.crosscheck_tolerance``. For a
+    monodisperse sample all five agree; a broad or multimodal one, or a
+    distribution the estimator got wrong, makes them differ."""
+
+    def size(D):
+        return float(stokes_einstein_diameter(D, temperature_K, viscosity_Pa_s)) if np.isfinite(D) and D > 0 else None
+
+    sizes = {
+        "pooled_cve_nm": size(pooled_D),
+        "emsd_nm": size(emsd_D),
+        "distribution_mode_nm": figures.get("mode_nm"),
+        "distribution_mean_nm": figures.get("mean_nm"),
+        "distribution_d50_nm": figures.get("d50_nm"),
+    }
+    ref = sizes["pooled_cve_nm"]
+    deviations = [abs(v / ref - 1.0) for k, v in sizes.items() if k != "pooled_cve_nm" and v and ref]
+    worst = max(deviations) if deviations else None
+    return {
+        **sizes,
+        "pooled_cve_D_um2_s": float(pooled_D),
+        "emsd_D_um2_s": float(emsd_D),
+        "tolerance": p["crosscheck_tolerance"],
+        "max_deviation": worst,
+        "agree": None if worst is None else bool(worst <= p["crosscheck_tolerance"]),
+    }
+
+
+def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
+              outlier_p: float) -> list[dict[str, str]]:
+    """What a user must know before publishing these sizes: each flag a
+    ``code``, a ``level`` (``warning``: the figures may be wrong; ``info``:
+    how they were made) and a ``message`` with the figures and what to do."""
+    flags = []
+
+    def flag(code, level, message):
+        flags.append({"code": code, "level": level, "message": message})
+
+    if localization["blur_source"].startswith("assumed"):
+        flag("exposure_unknown", "warning",
+             "the exposure time is not recorded, so motion blur is taken as none (R = 0); a camera that "
+             "exposes the whole frame interval has R = 1/6: set exposure_s in the run's settings")
+    pooled = localization["pooled_sigma2_um2"]
+    if np.isfinite(pooled) and pooled < 0:
+        flag("negative_localization_variance", "warning",
+             f"the localization variance pooled over all steps is negative ({pooled:.3g} µm²): motion blur is "
+             f"not accounted for (R = {localization['blur_R']:.3g}); check exposure_s "
+             "(R = exposure / (6 × frame interval))")
+    s2 = localization["sigma2_um2"]
+    if localization["source"].startswith("estimated") and np.isfinite(s2) and s2 <= 0:
+        flag("localization_error_zero", "warning",
+             f"the typical track's localization variance comes out at or below zero ({s2:.3g} µm²) and σ = 0 "
+             "was used for the distribution: the blur factor is likely wrong (exposure_s), or give a known "
+             "size.sigma_um")
+    peaks = figures.get("walker_peaks_nm") or []
+    grid_ends = (figures.get("grid_min_nm"), figures.get("grid_max_nm"))
+    if peaks and any(end and abs(peaks[0] / end - 1) < 0.02 for end in grid_ends):
+        flag("distribution_at_grid_end", "warning",
+             f"the distribution's highest peak ({peaks[0]:.0f} nm) lies at the end of the size grid: tracks move "
+             "less (or more) than any diameter on the grid allows with one localization error for all "
+             "tracks; on real footage σ differs between tracks (try size.distribution: ems), or the grid "
+             "(size.grid_min_nm, size.grid_max_nm) is too narrow")
+    if cross_checks["agree"] is False:
+        named = ", ".join(f"{k.removesuffix('_nm').replace('_', ' ')} {v:.0f} nm"
+                          for k, v in cross_checks.items() if k.endswith("_nm") and v)
+        flag("sizes_disagree", "warning",
+             f"the size estimates differ by up to {100 * cross_checks['max_deviation']:.0f} % (tolerance "
+             f"{100 * cross_checks['tolerance']:.0f} %): {named}. Possible causes: a distribution of several "
+             f"peaks ({len(peaks)} found), which a single D cannot describe; a broad sample or a tail of fast "
+             "or slow tracks (aggregates, mislinks, stuck particles); localization error that differs "
+             "between tracks; drift or flow not removed")
+    if counts["n_tracks_outliers"]:
+        expected = outlier_p * counts["n_tracks_sized"]
+        many = counts["n_tracks_outliers"] > max(3.0, 10.0 * expected)
+        flag("outlier_steps", "warning" if many else "info",
+             f"{counts['n_outlier_steps']} steps in {counts['n_tracks_outliers']} of {counts['n_tracks_sized']} "
+             f"tracks are too long for one diffusion coefficient (about {expected:.2g} tracks expected for "
+             "Gaussian steps): jumps to a neighbour (mislinks), failed localizations, or steps heavier-tailed "
+             "than Brownian motion with Gaussian noise"
+             + ("; left out" if counts.get("outliers_removed") else "; kept (size.remove_outliers: false)"))
+    if 0 < n_valid < 50:
+        flag("few_tracks", "warning", f"only {n_valid} tracks were sized: the distribution is uncertain")
+    if fit["iterations"] and not fit["converged"]:
+        flag("fit_not_converged", "warning", "the size distribution's fit stopped at size.max_iter")
+    return flags

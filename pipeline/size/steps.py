@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ..io.schema import section_defaults
 from ..io.tables import drift_columns, flow_columns, position_columns
 from .conditions import pixel_sizes
 
-__all__ = ["track_steps"]
+__all__ = ["track_steps", "outlier_steps"]
 
 #: The ``size`` section\'s defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
 _DEFAULTS = section_defaults("size")
@@ -46,7 +47,12 @@ def _motion_columns(tracks: pd.DataFrame, pos: list[str], subtract_flow: bool) -
 
 
 def track_steps(
-    tracks: pd.DataFrame, *, pixel_size_um, subtract_flow: bool = _DEFAULTS["subtract_flow"]
+    tracks: pd.DataFrame,
+    *,
+    pixel_size_um,
+    subtract_flow: bool = _DEFAULTS["subtract_flow"],
+    outlier_p: float | None = None,
+    remove_outliers: bool = False,
 ) -> dict[str, Any]:
     """Positions and single-frame steps of every track, in µm, flow-corrected.
 
@@ -60,6 +66,11 @@ def track_steps(
     subtract_flow : bool
         Subtract the flow (or drift) from each step when the columns exist
         (default: ``size.subtract_flow``'s).
+    outlier_p : float, optional
+        Find the single-frame steps too long for the track's own diffusion
+        (:func:`outlier_steps`, at this false-alarm probability per track).
+    remove_outliers : bool
+        Leave those steps out (``step_ok`` false, as a gap).
 
     Returns
     -------
@@ -70,7 +81,8 @@ def track_steps(
         track (for the MSD), ``steps`` (n, ndim) µm (row i to row i+1),
         ``step_ok`` (a single-frame step of one track with a finite
         correction), ``pair_ok`` (steps i and i+1 both ok), ``motion``
-        ("flow", "drift" or "none"), ``motion_columns``, ``steps_missing_flow``.
+        ("flow", "drift" or "none"), ``motion_columns``, ``steps_missing_flow``,
+        ``step_outlier`` (the outlier steps, left out with ``remove_outliers``).
     """
     if not isinstance(tracks, pd.DataFrame):
         raise ValueError(f"tracks must be a DataFrame, got {type(tracks).__name__}")
@@ -118,6 +130,11 @@ def track_steps(
     steps = raw_steps - np.where(finite_corr[:, None], correction, 0.0)
     step_ok = same & (gap == 1) & finite_corr
     steps_missing_flow = int(np.sum(same & (gap == 1) & ~finite_corr))
+    step_outlier = np.zeros_like(step_ok)
+    if outlier_p is not None:
+        step_outlier = outlier_steps(steps, step_ok, code[:-1], ndim, outlier_p)
+        if remove_outliers:
+            step_ok = step_ok & ~step_outlier
     pair_ok = step_ok[1:] & step_ok[:-1]
     # positions corrected cumulatively along each track (for the MSD)
     positions = xyz_um.copy()
@@ -141,4 +158,51 @@ def track_steps(
         "motion": kind,
         "motion_columns": mcols,
         "steps_missing_flow": steps_missing_flow,
+        "step_outlier": step_outlier,
     }
+
+
+def outlier_steps(steps: np.ndarray, step_ok: np.ndarray, step_track: np.ndarray, ndim: int,
+                  p: float) -> np.ndarray:
+    """Single-frame steps too long for one diffusion coefficient of their track.
+
+    For free diffusion with Gaussian localization error, a step's squared
+    length is v·χ²(ndim), v the per-axis variance of the track's steps.
+    v is estimated robustly from the median of the track's squared steps
+    (a jump to a neighbour or a failed localization does not move it), and
+    a step is an outlier when its squared length exceeds the
+    (1 − p/k) quantile of v·χ²(ndim), k the track's steps: a track of
+    genuine Brownian steps loses a step with probability about ``p``. The
+    rule is applied once (no iteration), so it removes isolated jumps, not
+    the tail of a track whose diffusion changes slowly.
+
+    Parameters
+    ----------
+    steps : array (n, ndim)
+        Steps, µm.
+    step_ok : bool array (n,)
+        Which are single-frame steps of one track.
+    step_track : int array (n,)
+        Track index of each step.
+    ndim : int
+    p : float
+        False-alarm probability per track, in (0, 1).
+
+    Returns
+    -------
+    bool array (n,): the outlier steps (a subset of ``step_ok``).
+    """
+    out = np.zeros(len(steps), dtype=bool)
+    if not step_ok.any():
+        return out
+    sq = np.sum(steps[step_ok] ** 2, axis=1)
+    track = step_track[step_ok]
+    order = np.argsort(track, kind="stable")
+    bounds = np.r_[0, np.flatnonzero(np.diff(track[order])) + 1, len(order)]
+    k = np.diff(bounds)
+    medians = np.array([np.median(sq[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])])
+    v = medians / stats.chi2.median(ndim)
+    limit = v * stats.chi2.isf(p / k, ndim)
+    per_step_limit = np.repeat(limit, k)[np.argsort(order, kind="stable")]
+    out[np.flatnonzero(step_ok)] = sq > per_step_limit
+    return out
