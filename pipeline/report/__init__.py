@@ -405,7 +405,9 @@ def _localization(data: RunData) -> list[tuple[str, str, str]]:
     loc = s.get("localization") if isinstance(s.get("localization"), Mapping) else {}
     sigma = _number(loc.get("sigma_um", s.get("sigma_um")))
     blur = _number(loc.get("blur_R", s.get("blur_R")))
-    exposure = _number(s.get("exposure_s"))
+    exposure, exposure_source = _number(s.get("exposure_s")), "summary.json"
+    if exposure is None and data.movie is not None:
+        exposure, exposure_source = _number(data.movie.attrs.get("exposure_s")), "the movie's metadata"
     blur_source = loc.get("blur_source")
     if blur_source is None and exposure is not None:
         blur_source = f"exposure {fmt(exposure, '.4g')} s"
@@ -413,7 +415,7 @@ def _localization(data: RunData) -> list[tuple[str, str, str]]:
         ("localization error σ (nm)", fmt(None if sigma is None else sigma * 1e3, ".1f"),
          str(loc.get("source", s.get("sigma_source")) or NA)),
         ("motion blur factor R", fmt(blur, ".3g"), str(blur_source or NA)),
-        ("exposure (s)", fmt(exposure, ".4g"), "the movie's metadata" if exposure is not None else "unknown"),
+        ("exposure (s)", fmt(exposure, ".4g"), exposure_source if exposure is not None else "unknown"),
     ]
 
 
