@@ -217,6 +217,8 @@ def test_table_round_trip_keeps_provenance(tmp_path):
     meta = table_metadata(path)
     assert meta["stage"] == "locate" and meta["params"] == {"diameter": 11}
     assert "trackflow_version" in meta
+    # the libraries it was written with
+    assert meta["versions"]["numpy"] == np.__version__ and meta["versions"]["pandas"] == pd.__version__
     with pytest.raises(TableError, match=r"t\.parquet: missing column\(s\) \['mass'\]"):
         read_table(path, required=("mass",))
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")

@@ -53,9 +53,11 @@ def make_run(root: Path, name: str, *, d50=123.4, refined=True, truth=False, siz
     features = tracks.drop(columns="particle")
     write_table(features, run_dir / "features.parquet", stage="locate", params={"diameter": 11, "minmass": 20})
     if refined:
-        refined_df = features.assign(cost=np.where(np.arange(len(features)) % 4 == 0, np.nan, 0.1),
-                                     cluster=0, cluster_size=1)
-        write_table(refined_df, run_dir / "refined.parquet", stage="refine", params={"separation": 7})
+        failed = np.arange(len(features)) % 4 == 0
+        refined_df = features.assign(cost=np.where(failed, np.nan, 0.1), cluster=0, cluster_size=1,
+                                     fit_status=np.where(failed, "failed", "fitted"))
+        write_table(refined_df, run_dir / "refined.parquet", stage="refine", params={"separation": 7},
+                    extra={"n_features": len(features), "n_fits": len(features), "n_failed": int(failed.sum())})
     write_table(tracks, run_dir / "tracks.parquet", stage="link",
                 params={"method": "nearest", "search_range": 5, "memory": 3}, extra={"features_in": len(tracks)})
     if truth:
@@ -116,7 +118,7 @@ def test_report_pages_and_index(tmp_path):
 
     page = (results / "report" / "r1.html").read_text()
     assert_self_contained(page)
-    assert page.count(DATA_PNG) == 3  # size distribution, features per frame, MSD
+    assert page.count(DATA_PNG) == 4  # tracks over a frame, size distribution, features per frame, MSD
     for text in ("123.4", "133.4",  # D50 (Walker) and naive D50
                  "95 % CI 120.4–126.4", "38.7", "298.15", "0.89",  # CI, particles/frame, T, viscosity (mPa·s)
                  "25.0% (300 of 1200)",  # failed refinement fits
@@ -139,8 +141,8 @@ def test_missing_optional_inputs_are_noted(tmp_path):
     assert "Absent inputs: summary.json, distribution.csv, sizes.parquet" in html
     assert "n/a" in html
     assert "No size distribution" in html
-    # the MSD falls back to the tracks; features per frame still drawn
-    assert html.count(DATA_PNG) == 2
+    # the MSD falls back to the tracks; tracks over a frame and features per frame still drawn
+    assert html.count(DATA_PNG) == 3
     assert "computed by the report" in html
     fit = re.search(r"MSD power-law exponent n</td><td[^>]*>n/a", html)
     assert fit  # the key figure stays n/a: it comes from the size stage
@@ -165,7 +167,7 @@ def test_report_with_the_size_stage_outputs(tmp_path):
     assert_self_contained(html)
     assert f"{summary['d50_nm']:.1f}" in html
     assert f"{summary['naive_d50_nm']:.1f}" in html
-    assert html.count(DATA_PNG) == 3
+    assert html.count(DATA_PNG) == 4
     assert "Ensemble mean squared displacement from summary.json" in html
     assert f"{summary['msd_powerlaw_n']:.3f}" in html
     assert "Absent inputs" not in html
@@ -227,7 +229,7 @@ def test_segmented_run_shows_its_objects(tmp_path):
     page = (results / "report" / "cells.html").read_text()
     assert_self_contained(page)
     assert "Objects (segment and reassign)" in page and "label lifetimes" in page
-    assert page.count(DATA_PNG) == 4  # the three run figures and the montage
+    assert page.count(DATA_PNG) == 5  # the four run figures and the montage
     # runs without objects get no such section
     plain = make_run(results, "beads")
     assert "Objects (segment and reassign)" not in render_run(plain)

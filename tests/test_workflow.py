@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,22 @@ def test_full_run_writes_the_results_layout(workdir):
     assert "<html" in report.lower() and "a" in report and "b" in report
     for rule in ("acquire_simulated", "locate", "refine", "link", "size", "size_group", "report"):
         assert (results / "logs" / rule).is_dir(), f"rule {rule} left no log"
+
+
+def test_snakemake_report_shows_the_captioned_outputs(workdir, tmp_path):
+    """`snakemake --report` packs the outputs the rules mark with report():
+    the report's index and each run's distribution and summary, with their
+    captions (workflow/report/*.rst)."""
+    archive = tmp_path / "report.zip"
+    done = snakemake(workdir, "--report", str(archive))
+    assert done.returncode == 0, done.stdout + done.stderr
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+        page = z.read(next(n for n in names if n.endswith("report/report.html"))).decode()
+    packed = [Path(n).name for n in names if "/data/raw/" in n]
+    assert sorted(packed) == sorted(["index.html", *["distribution.csv", "summary.json"] * 2])
+    for caption in ("The trackflow report's index", "Size distribution of run a", "Summary of run b"):
+        assert caption in page, caption
 
 
 def test_nothing_changed_runs_nothing(workdir):

@@ -1,7 +1,8 @@
 """Tables between stages: Parquet files with provenance in their metadata.
 
 Every table carries, in the Parquet key-value metadata under ``trackflow``,
-the package version, the stage that wrote it and that stage's parameters, so
+the package version, the stage that wrote it, that stage's parameters and the
+versions of Python and the scientific libraries it ran with (``versions``), so
 an output always says what made it.
 
 Column contracts (positions in pixels, trackpy's convention):
@@ -15,9 +16,12 @@ Column contracts (positions in pixels, trackpy's convention):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -35,6 +39,7 @@ __all__ = [
     "read_table",
     "table_metadata",
     "jsonable",
+    "library_versions",
     "read_distribution",
     "read_summary",
     "position_columns",
@@ -51,6 +56,11 @@ FEATURE_COLUMNS = ("frame", "y", "x")
 TRACK_COLUMNS = ("frame", "y", "x", "particle")
 OBJECT_COLUMNS = ("frame", "label")
 _META_KEY = b"trackflow"
+#: distribution name -> the name a reader knows it by (scikit-image is ``skimage``)
+_LIBRARIES = {
+    "numpy": "numpy", "pandas": "pandas", "trackpy": "trackpy", "zarr": "zarr",
+    "scipy": "scipy", "scikit-image": "skimage",
+}
 
 
 class TableError(ValueError):
@@ -104,6 +114,7 @@ def write_table(
         "trackflow_version": __version__,
         "stage": stage,
         "params": dict(params or {}),
+        "versions": library_versions(),
         **dict(extra or {}),
     }
     meta = dict(table.schema.metadata or {})
@@ -112,6 +123,21 @@ def write_table(
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """Python's version and those of the installed scientific libraries
+    (numpy, pandas, trackpy, zarr, scipy, skimage), read from the installed
+    distributions' metadata: a library that is not installed is left out.
+    Cached: they cannot change within a process."""
+    versions = {"python": platform.python_version()}
+    for dist, name in _LIBRARIES.items():
+        try:
+            versions[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def _json_default(obj: Any) -> Any:

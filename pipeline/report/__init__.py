@@ -1,30 +1,39 @@
 """The report stage: one self-contained HTML page per run, and an index.
 
-Each run page shows the run's key figures (``summary.json`` of the size
-stage), its size distribution (``distribution.csv``, the per-track diameters
-of ``sizes.parquet`` and the ground truth when simulated), the features per
-frame (``features.parquet``, ``tracks.parquet``, dropped frames from the
-movie), the ensemble MSD with its power-law fit, the acquisition metadata,
-the share of failed least-squares fits (``refined.parquet``) and the
-parameters and versions recorded by every stage. The index lists every run
-with its headline figures, replicate groups together with their merged
-figures (the size stage's ``groups/<group>/summary.json``, when given).
+Each run page opens with its quality control: the size stage's QC flags
+(``summary.json``'s ``qc``), its cross-checks of the size estimated four
+ways, the localization error and motion blur, the dropped frames, the
+refinement's fitted, failed and skipped features (``refined.parquet``) and
+the tracks left out by the link and size stages, and why. Then a movie frame
+with the tracks drawn over it, the key figures, the size distribution on a
+log diameter axis (``distribution.csv``, the per-track diameters of
+``sizes.parquet`` and the ground truth when simulated), the ensemble MSD with
+its power-law fit, the features per frame, the acquisition metadata, every
+stage's parameters, downloads (the run's figures in the layout of an NTA
+instrument's experiment summary, its per-track sizes as CSV) and the
+provenance (versions, the configuration's hash, the inputs' checksums).
 
-Pages are self-contained: inline CSS, plots as PNG data URIs, no scripts, no
-external assets; they can be mailed or archived as single files. Inputs that
-are absent are noted on the page; inputs that are present but unreadable are
-errors naming the file.
+The index draws every run's distribution and every replicate group's mean ±
+standard error in one log-diameter plot, tabulates the NTA figure set of
+every run and group with each run's QC flags, links to the run pages and
+offers the whole experiment's summary and sizes for download.
+
+Pages come from Jinja2 templates (``templates/``) and are self-contained:
+inline CSS, plots and downloads as data URIs, no scripts, no external assets;
+they can be mailed or archived as single files. Inputs that are absent are
+noted on the page; inputs that are present but unreadable are errors naming
+the file.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
+import hashlib
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from html import escape
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,20 +41,29 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..io.movie import Movie, open_movie
-from ..io.tables import OBJECT_COLUMNS, position_columns, read_distribution, read_summary, read_table, table_metadata
 from ..io.files import atomic_write
 from ..io.layout import RUN_FILES, group_files, run_files
+from ..io.movie import Movie, open_movie
+from ..io.nta import experiment_summary_csv, figure_value
 from ..io.schema import check_section
+from ..io.tables import (
+    OBJECT_COLUMNS,
+    library_versions,
+    position_columns,
+    read_distribution,
+    read_summary,
+    read_table,
+    table_metadata,
+)
 from . import figures, objects
-from .html import NA, figure, fmt, page, section, table
+from .html import NA, data_uri, fmt, render
 
 __all__ = ["run", "render_run", "render_index", "load_run", "RunData"]
 
 log = logging.getLogger("trackflow.report")
 
-# (summary key stem, label): sizes are ``<stem>_nm`` (Walker's ML estimate),
-# ``naive_<stem>_nm`` the per-track histogram's
+# (summary key stem, label): sizes are ``<stem>_nm`` (the distribution's
+# estimate), ``naive_<stem>_nm`` the per-track histogram's
 _SIZE_FIGURES = (
     ("mean", "Mean"),
     ("mode", "Mode"),
@@ -64,23 +82,34 @@ _RUN_FIGURES = (
     ("msd_powerlaw_n", "MSD power-law exponent n", "", ".3f", 1),
     ("msd_powerlaw_A", "MSD power-law prefactor A", "µm²/s^n", ".4g", 1),
 )
-# headline columns of the index: (summary key, label)
-_HEADLINE = (
-    ("d50_nm", "D50 (nm)"),
-    ("mean_nm", "Mean (nm)"),
-    ("mode_nm", "Mode (nm)"),
-    ("sd_nm", "SD (nm)"),
-    ("n_tracks", "Tracks"),
-    ("particles_per_frame", "Particles/frame"),
+# the index's NTA figure set: (summary key, column, format)
+_INDEX_FIGURES = (
+    *((f"{stem}_nm", f"{label} (nm)", ".1f") for stem, label in _SIZE_FIGURES),
+    ("concentration_per_ml", "Concentration (particles/mL)", ".3g"),
+    ("particles_per_frame", "Particles/frame", ".4g"),
+    ("n_tracks", "Valid tracks", ".4g"),
 )
+# the versions shown on every page, in this order
+_VERSIONS = ("python", "numpy", "pandas", "trackpy", "snakemake", "zarr", "scipy", "skimage")
+# summary keys shown in the QC panel rather than among the other figures
+_QC_KEYS = {
+    "qc", "cross_checks", "localization", "sigma_um", "sigma_source", "blur_R", "exposure_s",
+    "dropped_frames", "n_frames", "n_tracks_in", "n_tracks_short", "n_tracks_outliers",
+}
 _TABLES = ("features", "refined", "tracks", "flow", "sizes", "truth")
 _OPTIONAL = ("flow", "truth", "refined")  # absent by design for some runs
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# the refine stage's fit_status values
+_FITTED, _FAILED = "fitted", "failed"
+# tracks drawn over the movie frame: the longest ones, enough to see the motion
+_MAX_TRACKS_DRAWN = 400
 
 
 @dataclass
 class RunData:
-    """What one run's files hold (absent inputs are None, and listed in ``missing``)."""
+    """What one run's files hold (absent inputs are None, and listed in
+    ``missing``); a table's provenance is in ``provenance`` by file name and
+    in ``meta`` by what it holds (``"refined"``, ``"tracks"``, ...)."""
 
     dir: Path | None
     name: str
@@ -89,6 +118,7 @@ class RunData:
     distribution: pd.DataFrame | None = None
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     provenance: dict[str, dict] = field(default_factory=dict)
+    meta: dict[str, dict] = field(default_factory=dict)
     movie: Movie | None = None
     reassigned: Movie | None = None
     missing: list[str] = field(default_factory=list)
@@ -152,7 +182,7 @@ def load_run(
     for stem in _TABLES:
         if stem in present:
             data.tables[stem] = read_table(present[stem])
-            data.provenance[present[stem].name] = table_metadata(present[stem])
+            data.meta[stem] = data.provenance[present[stem].name] = table_metadata(present[stem])
         elif stem not in _OPTIONAL:
             note_missing(stem)
     if "objects" in present:  # segment + reassign ran for this run
@@ -186,6 +216,10 @@ def _number(value: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def _figure(uri: str | None, caption: str, missing: str) -> dict[str, str | None]:
+    return {"uri": uri, "caption": caption, "missing": missing}
+
+
 def _distribution_curves(dist: pd.DataFrame | None, label: str) -> dict[str, pd.DataFrame]:
     """The value columns of a distribution.csv worth drawing: its densities,
     else its counts, else every other numeric column (bin edges and standard
@@ -201,11 +235,12 @@ def _distribution_curves(dist: pd.DataFrame | None, label: str) -> dict[str, pd.
     return {f"{label}{c}": dist[["diameter_nm", c]].dropna() for c in chosen}
 
 
-def _main_curve(dist: pd.DataFrame | None, label: str) -> dict[str, pd.DataFrame]:
+def _main_curve(dist: pd.DataFrame | None) -> pd.DataFrame | None:
     """One curve of a distribution: Walker's density when there, else the first drawable column."""
-    curves = _distribution_curves(dist, f"{label}: ")
-    preferred = [k for k in curves if k.endswith("walker_density")] or list(curves)[:1]
-    return {k: curves[k] for k in preferred}
+    curves = _distribution_curves(dist, "")
+    if not curves:
+        return None
+    return curves.get("walker_density", next(iter(curves.values())))
 
 
 def _per_particle_diameters(df: pd.DataFrame | None) -> np.ndarray | None:
@@ -216,7 +251,7 @@ def _per_particle_diameters(df: pd.DataFrame | None) -> np.ndarray | None:
     return df["diameter_nm"].to_numpy(float)
 
 
-def _size_figure(data: RunData, bins: int) -> str:
+def _size_figure(data: RunData, bins: int) -> dict:
     samples = {}
     per_track = _per_particle_diameters(data.tables.get("sizes"))
     if per_track is not None:
@@ -228,10 +263,10 @@ def _size_figure(data: RunData, bins: int) -> str:
         _distribution_curves(data.distribution, "distribution.csv: "), samples, bins=bins,
         title=f"{data.name}: size distribution",
     )
-    return figure(
+    return _figure(
         uri,
-        "Size distribution; every curve and histogram is scaled to unit area. Per-track "
-        "diameters are clipped to their 0.5-99.5 % range.",
+        "Size distribution on a log diameter axis; every curve and histogram is scaled to unit area. "
+        "Per-track diameters are clipped to their 0.5-99.5 % range.",
         "No size distribution: distribution.csv and sizes.parquet are absent.",
     )
 
@@ -246,7 +281,29 @@ def _clip(values: np.ndarray) -> np.ndarray:
     return finite[(finite >= lo) & (finite <= hi)]
 
 
-def _frames_figure(data: RunData) -> str:
+def _tracks_figure(data: RunData) -> dict:
+    """The middle frame that was not dropped, with the tracks over it."""
+    caption = ("The movie's middle frame with the tracks of tracks.parquet drawn over it "
+               f"(positions as located, drift not subtracted; at most the {_MAX_TRACKS_DRAWN} longest tracks).")
+    missing = "No tracks over the movie: movie.ome.zarr or tracks.parquet is absent."
+    tracks, movie = data.tables.get("tracks"), data.movie
+    if tracks is None or movie is None or not len(movie):
+        return _figure(None, caption, missing)
+    dropped = set(int(i) for i in movie.dropped_frames)
+    valid = [i for i in range(len(movie)) if i not in dropped]
+    if not valid:
+        return _figure(None, caption, "No tracks over the movie: every frame was dropped.")
+    frame = valid[len(valid) // 2]
+    longest = tracks["particle"].value_counts().index[:_MAX_TRACKS_DRAWN]
+    shown = tracks[tracks["particle"].isin(longest)].sort_values(["particle", "frame"])
+    paths = {int(p): g[["y", "x"]].to_numpy(float) for p, g in shown.groupby("particle")}
+    uri = figures.tracks_over_frame(
+        movie[frame], paths, frame=frame, title=f"{data.name}: frame {frame} with {len(paths)} tracks"
+    )
+    return _figure(uri, caption, missing)
+
+
+def _frames_figure(data: RunData) -> dict:
     located = "features" if "features" in data.tables else "refined"
     counts = {}
     for stem, label in ((located, f"located ({located}.parquet)"), ("tracks", "in tracks (tracks.parquet)")):
@@ -259,8 +316,8 @@ def _frames_figure(data: RunData) -> str:
         counts[label] = per_frame.reindex(range(last), fill_value=0)
     dropped = data.movie.dropped_frames.tolist() if data.movie is not None else []
     uri = figures.features_per_frame(counts, dropped, title=f"{data.name}: features per frame")
-    return figure(uri, "Features located and features kept in tracks, per frame; red lines mark dropped frames.",
-                  "No features per frame: features.parquet and tracks.parquet are absent.")
+    return _figure(uri, "Features located and features kept in tracks, per frame; red lines mark dropped frames.",
+                   "No features per frame: features.parquet and tracks.parquet are absent.")
 
 
 def _emsd(data: RunData, max_lag: int) -> tuple[pd.DataFrame | None, tuple[float, float] | None, str]:
@@ -298,72 +355,198 @@ def _emsd(data: RunData, max_lag: int) -> tuple[pd.DataFrame | None, tuple[float
     return df, fit, "tracks.parquet (trackpy.emsd, computed by the report)"
 
 
-def _msd_figure(data: RunData, max_lag: int) -> str:
+def _msd_figure(data: RunData, max_lag: int) -> dict:
     df, fit, source = _emsd(data, max_lag)
     uri = None
     if df is not None:
         uri = figures.ensemble_msd(df["lagt_s"], df["msd_um2"], fit, title=f"{data.name}: ensemble MSD")
-    return figure(uri, f"Ensemble mean squared displacement from {source}, with the power-law fit MSD = A·t^n "
-                  "(n = 1 for free diffusion).",
-                  "No ensemble MSD: summary.json has none and tracks.parquet or the movie is absent.")
+    return _figure(uri, f"Ensemble mean squared displacement from {source}, with the power-law fit MSD = A·t^n "
+                   "(n = 1 for free diffusion).",
+                   "No ensemble MSD: summary.json has none and tracks.parquet or the movie is absent.")
 
 
-def _failed_fits(data: RunData) -> str | None:
-    refined = data.tables.get("refined")
-    if refined is None or "cost" not in refined.columns:
+# --- the QC panel ------------------------------------------------------------
+
+
+def _qc_flags(summary: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The size stage's QC flags, warnings first."""
+    flags = [
+        {"code": str(f.get("code", "")), "level": "warning" if f.get("level") == "warning" else "info",
+         "message": str(f.get("message", ""))}
+        for f in summary.get("qc") or [] if isinstance(f, Mapping)
+    ]
+    return sorted(flags, key=lambda f: f["level"] != "warning")
+
+
+def _cross_checks(summary: Mapping[str, Any]) -> dict | None:
+    checks = summary.get("cross_checks")
+    if not isinstance(checks, Mapping):
         return None
-    n = len(refined)
-    failed = int(refined["cost"].isna().sum())
-    return f"{failed / n:.1%} ({failed} of {n})" if n else NA
+    rows = [
+        (label, fmt(_number(checks.get(key)), ".1f"))
+        for key, label in (
+            ("pooled_cve_nm", "pooled covariance estimator (all single-frame steps)"),
+            ("emsd_nm", "ensemble-MSD slope"),
+            ("distribution_mean_nm", "distribution: mean"),
+            ("distribution_d50_nm", "distribution: D50"),
+        )
+    ]
+    deviation, tolerance = _number(checks.get("max_deviation")), _number(checks.get("tolerance"))
+    agree = bool(checks.get("agree"))
+    verdict = "The estimates agree" if agree else "The estimates disagree"
+    verdict += f": largest deviation {fmt(deviation, '.1%')}, tolerance {fmt(tolerance, '.1%')}."
+    return {"rows": rows, "agree": agree, "verdict": verdict}
 
 
-def _key_figures(data: RunData) -> str:
+def _localization(data: RunData) -> list[tuple[str, str, str]]:
+    """Localization error and motion blur: the summary's ``localization``
+    when it has one, else its older flat keys."""
     s = data.summary
+    loc = s.get("localization") if isinstance(s.get("localization"), Mapping) else {}
+    sigma = _number(loc.get("sigma_um", s.get("sigma_um")))
+    blur = _number(loc.get("blur_R", s.get("blur_R")))
+    exposure, exposure_source = _number(s.get("exposure_s")), "summary.json"
+    if exposure is None and data.movie is not None:
+        exposure, exposure_source = _number(data.movie.attrs.get("exposure_s")), "the movie's metadata"
+    blur_source = loc.get("blur_source")
+    if blur_source is None and exposure is not None:
+        blur_source = f"exposure {fmt(exposure, '.4g')} s"
+    return [
+        ("localization error σ (nm)", fmt(None if sigma is None else sigma * 1e3, ".1f"),
+         str(loc.get("source", s.get("sigma_source")) or NA)),
+        ("motion blur factor R", fmt(blur, ".3g"), str(blur_source or NA)),
+        ("exposure (s)", fmt(exposure, ".4g"), exposure_source if exposure is not None else "unknown"),
+    ]
+
+
+def _frames(data: RunData) -> list[tuple[str, str, str]]:
+    if data.movie is not None:
+        dropped = [int(i) for i in data.movie.dropped_frames]
+        listed = ", ".join(map(str, dropped[:12])) + (" …" if len(dropped) > 12 else "")
+        return [("Frames", str(len(data.movie)), ""), ("Dropped frames", str(len(dropped)), listed)]
+    return [("Frames", fmt(data.summary.get("n_frames")), ""),
+            ("Dropped frames", fmt(data.summary.get("dropped_frames")), "")]
+
+
+def _refinement(data: RunData) -> list[tuple[str, str, str]]:
+    """Fits attempted (fitted or failed) and features skipped, as configured:
+    a skipped feature is never a failed fit. From the ``fit_status`` column,
+    the counts of refined.parquet's provenance beside it."""
+    refined = data.tables.get("refined")
+    if refined is None:
+        return [("n/a (refine off)", "", "")]
+    meta = data.meta.get("refined", {})
+    method = (meta.get("params") or {}).get("method")
+    n = len(refined)
+    if "fit_status" in refined.columns:
+        status = refined["fit_status"].astype(str)
+        fitted, failed = int((status == _FITTED).sum()), int((status == _FAILED).sum())
+    elif {"n_fits", "n_failed"} <= set(meta):
+        failed = int(meta["n_failed"])
+        fitted = int(meta["n_fits"]) - failed
+    else:
+        return [("n/a (refined.parquet records no fit status)", fmt(n), "")]
+    attempted, skipped = fitted + failed, n - fitted - failed
+    rows = [
+        ("features", fmt(n), f"method: {method}" if method else ""),
+        ("fitted", fmt(fitted), f"{fitted / attempted:.1%} of attempted" if attempted else "none attempted"),
+        ("failed (located position kept)", fmt(failed),
+         f"{failed / attempted:.1%} ({failed} of {attempted})" if attempted else "none attempted"),
+        ("skipped (not attempted, as configured)", fmt(skipped), f"{skipped / n:.1%} of features" if n else ""),
+    ]
+    if "n_clustered" in meta:
+        rows.append(("features in clusters", fmt(meta["n_clustered"]), ""))
+    if meta.get("n_in_clusters_too_large"):
+        rows.append(("skipped: cluster too large", fmt(meta["n_in_clusters_too_large"]), ""))
+    if meta.get("failed_fraction_exceeded"):
+        rows.append(("failed share above refine.max_failed_fraction", "yes",
+                     fmt(meta.get("max_failed_fraction"), ".1%")))
+    return rows
+
+
+def _left_out(data: RunData) -> list[tuple[str, str, str, str]]:
+    """Tracks the link and size stages left out, with their rules, from
+    tracks.parquet's provenance and summary.json (sizes.parquet's provenance
+    when there is no summary)."""
+    link = data.meta.get("tracks", {})
+    lp = link.get("params") or {}
     rows = []
-    for stem, label in _SIZE_FIGURES:
-        value = fmt(_number(s.get(f"{stem}_nm")), ".1f")
-        ci = s.get(f"{stem}_ci_nm")
-        if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
-            value += f" (95 % CI {ci[0]:.1f}–{ci[1]:.1f})"
-        rows.append((f"{label} diameter", value, fmt(_number(s.get(f"naive_{stem}_nm")), ".1f"), "nm"))
-    table_sizes = table(rows, ("Figure", "Walker ML estimate", "naive per-track", "unit"))
+    if "stubs_removed" in link:
+        rows.append(("link", "short tracks (stubs)", fmt(link["stubs_removed"]),
+                     f"fewer than link.min_length = {fmt(lp.get('min_length'))} frames; "
+                     f"{fmt(link.get('stub_features_removed'))} features"))
+    if "appearance_removed" in link:
+        bounds = ", ".join(f"{k} = {fmt(lp[k])}" for k in ("min_mass", "max_size", "max_ecc") if lp.get(k) is not None)
+        rows.append(("link", "tracks by appearance", fmt(link["appearance_removed"]),
+                     f"mean mass, size or eccentricity outside {bounds or 'no bounds (filter off)'}; "
+                     f"{fmt(link.get('appearance_features_removed'))} features"))
+    size = {**data.meta.get("sizes", {}), **data.summary}
+    sp = size.get("params") or {}
+    if "n_tracks_short" in size:
+        rows.append(("size", "short tracks", fmt(size["n_tracks_short"]),
+                     f"fewer than size.min_steps = {fmt(sp.get('min_steps'))} single-frame steps"))
+    if "n_tracks_outliers" in size:
+        rows.append(("size", "outlier tracks", fmt(size["n_tracks_outliers"]),
+                     str(size.get("outlier_rule") or "steps not consistent with one diffusion coefficient")))
+    return rows
+
+
+def _qc(data: RunData) -> dict:
+    flags = _qc_flags(data.summary)
+    no_flags = "No QC flags." if "qc" in data.summary else "No QC flags (summary.json records no quality checks)."
+    return {
+        "flags": flags, "no_flags": no_flags, "cross_checks": _cross_checks(data.summary),
+        "localization": _localization(data), "frames": _frames(data),
+        "refinement": _refinement(data), "left_out": _left_out(data),
+    }
+
+
+# --- key figures, objects, acquisition, settings -------------------------------
+
+
+def _size_with_interval(summary: Mapping[str, Any], key: str, spec: str, template: str) -> str:
+    """A size figure (``<stem>_nm``) with its bootstrap interval
+    (``<stem>_ci_nm``) when the summary has one."""
+    value = fmt(figure_value(summary, key), spec)
+    ci = summary.get(key.replace("_nm", "_ci_nm"))
+    if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
+        value += template.format(lo=ci[0], hi=ci[1])
+    return value
+
+
+def _key_figures(data: RunData) -> dict:
+    s = data.summary
+    sizes = [
+        (f"{label} diameter", _size_with_interval(s, f"{stem}_nm", ".1f", " (95 % CI {lo:.1f}–{hi:.1f})"),
+         fmt(_number(s.get(f"naive_{stem}_nm")), ".1f"), "nm")
+        for stem, label in _SIZE_FIGURES
+    ]
     rows = []
     for key, label, unit, spec, scale in _RUN_FIGURES:
         value = _number(s.get(key))
         rows.append((label, NA if value is None else format(value * scale, spec), unit))
     if s.get("viscosity_source"):
         rows.append(("Viscosity from", str(s["viscosity_source"]), ""))
-    if data.movie is not None:
-        rows.append(("Frames", str(len(data.movie)), ""))
-        rows.append(("Dropped frames", str(len(data.movie.dropped_frames)), ""))
-    else:
-        rows.append(("Dropped frames", fmt(s.get("dropped_frames")), ""))
-    failed = _failed_fits(data)
-    rows.append(("Failed refinement fits", failed if failed is not None else "n/a (refine off)", ""))
     truth = _per_particle_diameters(data.tables.get("truth"))
     if truth is not None and len(truth):
         rows.append(("Ground truth: particles", str(len(truth)), ""))
         rows.append(("Ground truth: mean diameter", f"{np.mean(truth):.1f}", "nm"))
         rows.append(("Ground truth: median diameter", f"{np.median(truth):.1f}", "nm"))
     shown = {f"{a}{stem}{b}" for stem, _ in _SIZE_FIGURES for a, b in (("", "_nm"), ("naive_", "_nm"), ("", "_ci_nm"))}
-    shown |= {key for key, *_ in _RUN_FIGURES} | {"viscosity_source", "dropped_frames"}
+    shown |= {key for key, *_ in _RUN_FIGURES} | {"viscosity_source"} | _QC_KEYS
     # the rest of summary.json's scalars (nested params and lists are shown elsewhere or too long)
     other = [
         (key, fmt(value)) for key, value in s.items()
         if key not in shown and key != "trackflow_version" and not isinstance(value, (dict, list))
     ]
-    parts = [table_sizes, table(rows, ("Figure", "value", "unit"))]
-    if other:
-        parts += ["<h3>Other figures in summary.json</h3>", table(other, ("key", "value"))]
     notes = s.get("notes")
-    if isinstance(notes, list) and notes:
-        parts.append("<h3>Notes from the size stage</h3><ul>" + "".join(f"<li>{escape(str(n))}</li>" for n in notes) + "</ul>")
-    return section("Key figures", *parts)
+    return {"key_sizes": sizes, "key_figures": rows, "other": other,
+            "notes": [str(n) for n in notes] if isinstance(notes, list) else []}
 
 
-def _acquisition(data: RunData) -> str:
+def _acquisition(data: RunData) -> list[tuple[str, str]] | None:
     if data.movie is None:
-        return section("Acquisition", '<p class="note">movie.ome.zarr is absent.</p>')
+        return None
     m = data.movie
     rows = [
         ("frames", str(len(m))),
@@ -380,19 +563,19 @@ def _acquisition(data: RunData) -> str:
         elif isinstance(value, list) and len(value) > 8:
             value = f"{len(value)} values"
         rows.append((key, fmt(value)))
-    return section("Acquisition", table(rows, ("key", "value")))
+    return rows
 
 
-def _objects(data: RunData) -> str:
+def _objects(data: RunData) -> dict | None:
     """Segmented objects (segment + reassign), when the run has them."""
     table_ = data.tables.get("objects")
     if table_ is None:
-        return ""
-    parts = []
+        return None
+    out: dict[str, Any] = {"montage": None, "lifetimes": None}
     if data.reassigned is not None:
         png = objects.montage_png(data.reassigned, data.movie)
-        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        parts.append(figure(uri, "Reassigned labels on a few frames: one colour per identity throughout the movie.", ""))
+        out["montage"] = _figure(data_uri(png, "image/png"),
+                                 "Reassigned labels on a few frames: one colour per identity throughout the movie.", "")
     lifetimes = objects.label_lifetimes(
         table_, frame_interval_s=data.movie.frame_interval_s if data.movie is not None else None
     )
@@ -404,70 +587,135 @@ def _objects(data: RunData) -> str:
         ]
         if "mean_speed_um_s" in lifetimes:
             rows.append(("speed (median of label means, µm/s)", fmt(lifetimes["mean_speed_um_s"].median(), ".3g")))
-        parts.append(table(rows, ("label lifetimes", "")))
         longest = lifetimes.sort_values("n_frames", ascending=False).head(10)
-        cols = [c for c in ("label", "first_frame", "last_frame", "n_frames", "lifetime_s", "mean_volume_um3", "mean_speed_um_s") if c in longest]
-        parts.append(table([[fmt(v, ".4g") for v in row] for row in longest[cols].itertuples(index=False)], cols))
-    return section("Objects (segment and reassign)", *parts)
+        cols = [c for c in ("label", "first_frame", "last_frame", "n_frames", "lifetime_s", "mean_volume_um3",
+                            "mean_speed_um_s") if c in longest]
+        out["lifetimes"] = rows
+        out["longest"] = {"header": cols,
+                          "rows": [[fmt(v, ".4g") for v in row] for row in longest[cols].itertuples(index=False)]}
+    return out
 
 
-def _provenance(data: RunData) -> str:
+def _settings(data: RunData) -> list[dict]:
+    """Every stage's parameters as recorded in its output."""
     rows = []
     for name, meta in data.provenance.items():
-        params = meta.get("params") or {}
-        extra = {k: v for k, v in meta.items() if k not in ("params", "stage", "trackflow_version")}
-        rows.append((
-            escape(name),
-            escape(str(meta.get("stage", NA))),
-            escape(str(meta.get("trackflow_version", NA))),
-            _mapping_html(params),
-            _mapping_html(extra),
-        ))
+        rows.append({
+            "file": name, "stage": str(meta.get("stage", NA)), "version": str(meta.get("trackflow_version", NA)),
+            "params": meta.get("params") or {},
+            "recorded": {k: v for k, v in meta.items() if k not in ("params", "stage", "trackflow_version", "versions")},
+        })
     if data.summary:
         params = data.summary.get("params")
-        rows.append(("summary.json", "size", escape(str(data.summary.get("trackflow_version", NA))),
-                     _mapping_html(params if isinstance(params, dict) else {}), ""))
+        rows.append({"file": "summary.json", "stage": "size",
+                     "version": str(data.summary.get("trackflow_version", NA)),
+                     "params": params if isinstance(params, dict) else {}, "recorded": {}})
     if data.movie is not None:
-        rows.append(("movie.ome.zarr", "acquire", escape(str(data.movie.attrs.get("trackflow_version", NA))),
-                     _mapping_html(data.movie.attrs.get("settings") or data.movie.attrs.get("params") or {}), ""))
+        settings = data.movie.attrs.get("settings") or data.movie.attrs.get("params") or {}
+        rows.append({"file": "movie.ome.zarr", "stage": "acquire",
+                     "version": str(data.movie.attrs.get("trackflow_version", NA)),
+                     "params": settings if isinstance(settings, dict) else {}, "recorded": {}})
+    return rows
+
+
+# --- downloads and provenance ------------------------------------------------------
+
+
+def _csv_download(name: str, text: str, what: str) -> dict[str, str]:
+    return {"name": name, "href": data_uri(text, "text/csv"), "what": what}
+
+
+def _run_downloads(data: RunData) -> list[dict[str, str]]:
+    files = []
+    if data.summary:
+        files.append(_csv_download(
+            f"{data.name}-summary.csv",
+            experiment_summary_csv([(data.name, data.summary, data.distribution)], title=data.name),
+            "the run's figures and its size distribution per bin, in the layout of an NTA experiment summary",
+        ))
+    sizes = data.tables.get("sizes")
+    if sizes is not None:
+        files.append(_csv_download(f"{data.name}-sizes.csv", sizes.to_csv(index=False, float_format="%.6g"),
+                                   "per-track sizes (sizes.parquet)"))
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inputs(data: RunData, sources: Sequence[str | os.PathLike] | None) -> list[tuple[str, str, str]]:
+    """The run's source files with their sha256; a simulated run says so,
+    with its seed (the movie's metadata)."""
+    rows = []
+    for source in sources or ():
+        path = Path(source)
+        if path.is_file():
+            rows.append((data.name, str(path), _sha256(path)))
+        else:
+            rows.append((data.name, str(path), "a directory (not hashed)" if path.is_dir() else "absent"))
+    if not rows and data.movie is not None and data.movie.attrs.get("simulated"):
+        settings = data.movie.attrs.get("settings")
+        seed = settings.get("seed") if isinstance(settings, Mapping) else None
+        rows.append((data.name, str(data.movie.attrs.get("source", "simulated")), f"simulated (seed {fmt(seed)})"))
     if not rows:
-        return section("Parameters and versions", '<p class="note">No provenance: no stage output is present.</p>')
-    return section(
-        "Parameters and versions",
-        "<p>As recorded by each stage in its output (Parquet key-value metadata, summary.json, the movie's attributes).</p>",
-        table(rows, ("file", "stage", "trackflow", "parameters", "recorded"), raw=True),
+        rows.append((data.name, NA, "not given (the report was made outside the workflow)"))
+    return rows
+
+
+def _provenance(datas: Sequence[RunData], inputs: Sequence[tuple[str, str, str]], config_sha256: str | None) -> dict:
+    """What every page states about how it was made: versions now and as the
+    stages recorded them, the configuration's hash, the inputs' checksums, the date."""
+    now = dict(library_versions())
+    try:
+        now["snakemake"] = metadata.version("snakemake")
+    except metadata.PackageNotFoundError:
+        now["snakemake"] = NA
+    recorded: dict[str, set[str]] = {}
+    for data in datas:
+        for meta in data.provenance.values():
+            for name, version in (meta.get("versions") or {}).items():
+                recorded.setdefault(name, set()).add(str(version))
+    versions = [(name, now.get(name, NA), ", ".join(sorted(recorded.get(name, ()))) or "not recorded")
+                for name in _VERSIONS]
+    return {
+        "trackflow": __version__,
+        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "config_sha256": config_sha256,
+        "versions": versions,
+        "inputs": list(inputs),
+    }
+
+
+def _render(
+    data: RunData,
+    params: Mapping[str, Any],
+    index_href: str | None,
+    inputs: Sequence[tuple[str, str, str]],
+    config_sha256: str | None,
+) -> str:
+    return render(
+        "run.html.j2",
+        title=f"{data.name}: {params['title']}",
+        name=data.name, group=data.group, dir=str(data.dir or NA), index_href=index_href, missing=data.missing,
+        qc=_qc(data),
+        figures={
+            "tracks": _tracks_figure(data),
+            "size": _size_figure(data, int(params["histogram_bins"])),
+            "msd": _msd_figure(data, int(params["msd_max_lag"])),
+            "frames": _frames_figure(data),
+        },
+        **_key_figures(data),
+        objects=_objects(data),
+        acquisition=_acquisition(data),
+        settings=_settings(data),
+        downloads=_run_downloads(data),
+        provenance=_provenance([data], inputs, config_sha256),
     )
-
-
-def _mapping_html(mapping: Mapping[str, Any]) -> str:
-    if not mapping:
-        return ""
-    return "<br>".join(f"<code>{escape(str(k))}</code> = {escape(fmt(v))}" for k, v in mapping.items())
-
-
-def _render(data: RunData, params: Mapping[str, Any], index_href: str | None) -> str:
-    title = f"{data.name}: {params['title']}"
-    nav = f'<nav><a href="{escape(index_href)}">&larr; all runs</a></nav>' if index_href else ""
-    head = f"{nav}<h1>{escape(data.name)}</h1>"
-    head += f'<p class="muted">group: {escape(data.group) if data.group else "none"} · directory: <code>{escape(str(data.dir or NA))}</code></p>'
-    if data.missing:
-        head += f'<p class="note">Absent inputs: {escape(", ".join(data.missing))}.</p>'
-    body = "\n".join([
-        head,
-        _key_figures(data),
-        section("Size distribution", _size_figure(data, int(params["histogram_bins"]))),
-        section("Features per frame", _frames_figure(data)),
-        section("Ensemble MSD", _msd_figure(data, int(params["msd_max_lag"]))),
-        _objects(data),
-        _acquisition(data),
-        _provenance(data),
-    ])
-    return page(title, body, _footer())
-
-
-def _footer() -> str:
-    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return f"made by trackflow {escape(__version__)} on {escape(now)}"
 
 
 def render_run(
@@ -477,6 +725,8 @@ def render_run(
     group: str | None = None,
     params: Mapping[str, Any] | None = None,
     index_href: str | None = "index.html",
+    sources: Sequence[str | os.PathLike] | None = None,
+    config_sha256: str | None = None,
 ) -> str:
     """The HTML page of one run.
 
@@ -493,9 +743,15 @@ def render_run(
         The ``report`` section (``report.schema.yaml``).
     index_href : str or None
         Link back to the index (None: no link).
+    sources : sequence of path, optional
+        The run's source files, listed with their sha256 (none: a simulated
+        run names its seed).
+    config_sha256 : str, optional
+        The hash of the configuration the run was made with.
     """
     params = check_section("report", params)
-    return _render(load_run(files, name=run, group=group), params, index_href)
+    data = load_run(files, name=run, group=group)
+    return _render(data, params, index_href, _inputs(data, sources), config_sha256)
 
 
 # ---------------------------------------------------------------------------
@@ -503,69 +759,147 @@ def render_run(
 # ---------------------------------------------------------------------------
 
 
-def _headline_row(name: str, summary: Mapping[str, Any], href: str | None) -> list[str]:
-    link = f'<a href="{escape(href)}">{escape(name)}</a>' if href else escape(name)
-    cells = [link]
-    for key, _ in _HEADLINE:
-        value = summary.get(key)
-        cells.append(escape(fmt(_number(value), ".1f" if key.endswith("_nm") else ".4g")))
+def _on_common_grid(curves: Sequence[pd.DataFrame], points: int = 200) -> tuple[np.ndarray, np.ndarray] | None:
+    """Curves interpolated onto one log-spaced diameter grid over the range
+    they share, each scaled to unit area: replicates may have been sized on
+    different grids."""
+    curves = [c[c.iloc[:, 0] > 0] for c in curves]
+    curves = [c for c in curves if len(c) > 1]
+    if not curves:
+        return None
+    lo = max(float(c.iloc[:, 0].min()) for c in curves)
+    hi = min(float(c.iloc[:, 0].max()) for c in curves)
+    if not hi > lo:
+        return None
+    grid = np.geomspace(lo, hi, points)
+    values = np.array([
+        np.interp(grid, c.iloc[:, 0].to_numpy(float), c.iloc[:, 1].to_numpy(float)) for c in curves
+    ])
+    return grid, np.array([figures.unit_area(grid, v) for v in values])
+
+
+def _overlay(datas: Sequence[RunData], title: str) -> dict:
+    curves = {d.name: c for d in datas if (c := _main_curve(d.distribution)) is not None}
+    bands = {}
+    by_group: dict[str, list[pd.DataFrame]] = {}
+    for d in datas:
+        if d.group and d.name in curves:
+            by_group.setdefault(d.group, []).append(curves[d.name])
+    for group, members in sorted(by_group.items()):
+        common = _on_common_grid(members)
+        if common is None:
+            continue
+        grid, values = common
+        sem = values.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros(len(grid))
+        bands[f"group {group}"] = (grid, values.mean(axis=0), sem)
+    uri = figures.distribution_overlay(curves, bands, title=title)
+    return _figure(uri, "Every run's size distribution (thin lines) and every replicate group's mean ± standard error "
+                   "over its runs (thick line, band), each scaled to unit area, on a log diameter axis.",
+                   "No distributions to draw: no run has a distribution.csv.")
+
+
+def _run_cells(summary: Mapping[str, Any]) -> list[str]:
+    cells = [
+        _size_with_interval(summary, key, spec, " ({lo:.1f}–{hi:.1f})") if key.endswith("_nm")
+        else fmt(figure_value(summary, key), spec)
+        for key, _, spec in _INDEX_FIGURES
+    ]
+    if "qc" in summary:
+        cells.append(", ".join(f["code"] for f in _qc_flags(summary)) or "none")
+    else:
+        cells.append(NA)
     return cells
 
 
+def _group_cells(merged: Mapping[str, Any] | None, members: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A group's figures: the size stage's merge (mean ± standard error over
+    the replicates), else the same computed here from the runs' summaries."""
+    cells = []
+    for key, _, spec in _INDEX_FIGURES:
+        if merged:
+            value, sem = figure_value(merged, key), figure_value(merged, f"{key}_sem")
+            if sem is None and key.endswith("_nm"):
+                sem = _number(merged.get(f"walker_{key}_sem"))
+        else:
+            values = [v for m in members if (v := figure_value(m, key)) is not None]
+            value = float(np.mean(values)) if values else None
+            sem = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+        cells.append(fmt(value, spec) + (f" ± {format(sem, spec)}" if sem is not None else ""))
+    return [*cells, ""]
+
+
 def render_index(
-    runs: Sequence[Mapping[str, Any]],
-    summaries: Mapping[str, Mapping[str, Any]],
+    runs: Sequence[RunData],
     *,
     params: Mapping[str, Any] | None = None,
-    distributions: Mapping[str, pd.DataFrame | None] | None = None,
     groups: Mapping[str, tuple[Mapping[str, Any] | None, pd.DataFrame | None]] | None = None,
+    inputs: Sequence[tuple[str, str, str]] = (),
+    config_sha256: str | None = None,
 ) -> str:
-    """The index page: every run with its headline figures and a link to its
-    page, replicate groups together with their merged figures.
+    """The index page: every run's and group's distribution in one plot,
+    their NTA figures in one table with each run's QC flags, links to the
+    run pages, downloads and provenance.
 
     Parameters
     ----------
-    runs : list of {"run", "group", "dir"}
-    summaries : mapping run -> summary dict
-    distributions : mapping run -> distribution table, optional
-        Drawn together per group.
+    runs : sequence of RunData
+        What each run's files hold (:func:`load_run`); only the summary,
+        distribution, sizes table and provenance are read.
+    params : mapping, optional
+        The ``report`` section.
     groups : mapping group -> (merged summary or None, merged distribution or None), optional
-        The size stage's replicate merges.
+        The size stage's replicate merges; a group without one gets the mean
+        ± standard error of its runs' figures.
+    inputs : sequence of (run, input, sha256)
+        The runs' source files with their checksums.
+    config_sha256 : str, optional
+        The hash of the configuration.
     """
     params = check_section("report", params)
-    distributions = distributions or {}
     groups = groups or {}
-    header = ("run", *(label for _, label in _HEADLINE))
-    by_group: dict[str | None, list[Mapping[str, Any]]] = {}
-    for r in runs:
-        by_group.setdefault(r.get("group"), []).append(r)
-    parts = [f"<h1>{escape(params['title'])}</h1>", f'<p class="muted">{len(runs)} run(s), {len([g for g in by_group if g])} replicate group(s).</p>']
+    by_group: dict[str | None, list[RunData]] = {}
+    for d in runs:
+        by_group.setdefault(d.group, []).append(d)
+    blocks = []
     for group, members in sorted(by_group.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
-        rows = [_headline_row(r["run"], summaries.get(r["run"], {}), f"{r['run']}.html") for r in members]
-        merged, merged_dist = groups.get(group, (None, None)) if group else (None, None)
-        if group is None:
-            parts.append(section("Runs without a group", table(rows, header, raw=True)))
-            continue
-        blocks = []
-        if merged:
-            cells = [f"<strong>merged ({escape(fmt(merged.get('n_replicates')))} replicates)</strong>"]
-            for key, _ in _HEADLINE:
-                value, sem = _number(merged.get(key)), _number(merged.get(f"{key}_sem"))
-                spec = ".1f" if key.endswith("_nm") else ".4g"
-                text = fmt(value, spec) + (f" ± {format(sem, spec)}" if sem is not None else "")
-                cells.append(escape(text))
-            rows.append(cells)
-        blocks.append(table(rows, header, raw=True))
-        if merged:
-            blocks.append('<p class="muted">Merged: mean over the replicates ± its standard error (size stage).</p>')
-        curves = {}
-        for label, dist in [*((r["run"], distributions.get(r["run"])) for r in members), ("merged", merged_dist)]:
-            curves.update(_main_curve(dist, label))
-        uri = figures.size_distribution(curves, bins=int(params["histogram_bins"]), title=f"group {group}")
-        blocks.append(figure(uri, "Size distributions of the replicates (each scaled to unit area).",
-                             "No distributions to draw for this group."))
-        parts.append(section(f"Group {group}", *blocks))
-    return page(params["title"], "\n".join(parts), _footer())
+        rows = [{"cells": [d.name, *_run_cells(d.summary)], "href": f"{d.name}.html", "merged": False} for d in members]
+        if group is not None:
+            merged = groups.get(group, (None, None))[0]
+            label = f"merged ({fmt(merged.get('n_replicates'))} replicates)" if merged else \
+                f"mean of {len(members)} run(s)"
+            rows.append({"cells": [label, *_group_cells(merged, [d.summary for d in members])], "href": None, "merged": True})
+        blocks.append({"title": f"Group {group}" if group is not None else "Runs without a group", "rows": rows})
+
+    samples = [(d.name, d.summary, d.distribution) for d in runs if d.summary]
+    downloads = []
+    if samples:
+        downloads.append(_csv_download(
+            "experiment-summary.csv", experiment_summary_csv(samples, title=params["title"]),
+            "every run's figures, their average and standard error, and the size distributions per bin "
+            "(layout of an NTA experiment summary)",
+        ))
+    for group, members in sorted((g, m) for g, m in by_group.items() if g is not None):
+        group_samples = [(d.name, d.summary, d.distribution) for d in members if d.summary]
+        if group_samples:
+            downloads.append(_csv_download(f"{group}-summary.csv", experiment_summary_csv(group_samples, title=group),
+                                           f"group {group}: its runs' figures, average and standard error"))
+    sizes = [d.tables["sizes"].assign(run=d.name) for d in runs if d.tables.get("sizes") is not None]
+    if sizes:
+        table = pd.concat(sizes, ignore_index=True)
+        table = table[["run", *(c for c in table.columns if c != "run")]]
+        downloads.append(_csv_download("sizes.csv", table.to_csv(index=False, float_format="%.6g"),
+                                       "every run's per-track sizes (sizes.parquet), with a run column"))
+    return render(
+        "index.html.j2",
+        title=params["title"],
+        n_runs=len(runs), n_groups=len([g for g in by_group if g]),
+        overlay=_overlay(runs, params["title"]),
+        header=("run", *(label for _, label, _ in _INDEX_FIGURES), "QC flags"),
+        blocks=blocks,
+        downloads=downloads,
+        settings=[{"name": d.name, "stages": _settings(d)} for d in runs],
+        provenance=_provenance(runs, inputs, config_sha256),
+    )
 
 
 def run(
@@ -573,6 +907,8 @@ def run(
     output: str | os.PathLike,
     params: Mapping[str, Any],
     groups: Mapping[str, Mapping[str, str | os.PathLike] | str | os.PathLike] | None = None,
+    *,
+    config_sha256: str | None = None,
 ) -> Path:
     """Write the index (``output``) and one page per run beside it (``<run>.html``).
 
@@ -581,7 +917,8 @@ def run(
     runs : list of dict
         One per run: ``{"run": name, "group": group or None, "files":
         {what: path}}`` (see :func:`load_run`), or ``"dir"``, the run's
-        results directory, instead of ``"files"``.
+        results directory, instead of ``"files"``; optionally ``"sources"``,
+        the run's source files, listed with their sha256.
     output : path
         The index page, e.g. ``results/report/index.html``.
     params : mapping
@@ -589,7 +926,9 @@ def run(
     groups : mapping, optional
         Replicate group -> its merged ``summary`` and ``distribution`` (the
         size stage's ``groups/<group>/`` files, as a mapping or that
-        directory); a group without an entry is shown without merged figures.
+        directory); a group without an entry gets its runs' mean ± standard error.
+    config_sha256 : str, optional
+        The hash of the configuration, shown on every page.
 
     Returns
     -------
@@ -600,17 +939,22 @@ def run(
     runs = _check_runs(runs)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    summaries, distributions = {}, {}
+    loaded, inputs = [], []
     for r in runs:
         data = load_run(r["files"], name=r["run"], group=r["group"])
-        atomic_write(output.parent / f"{r['run']}.html", _render(data, params, output.name))
-        summaries[r["run"]], distributions[r["run"]] = data.summary, data.distribution
+        run_inputs = _inputs(data, r["sources"])
+        atomic_write(output.parent / f"{r['run']}.html", _render(data, params, output.name, run_inputs, config_sha256))
+        # the index reads no more than these: let the other tables go
+        data.tables = {k: v for k, v in data.tables.items() if k == "sizes"}
+        loaded.append(data)
+        inputs += run_inputs
         log.info("report: %s -> %s.html", data.dir, r["run"])
     merged = {}
     for group, files in (groups or {}).items():
         files = group_files(files) if not isinstance(files, Mapping) else {k: Path(v) for k, v in files.items()}
         merged[group] = (_read_json(files["summary"]), _read_distribution(files["distribution"]))
-    atomic_write(output, render_index(runs, summaries, params=params, distributions=distributions, groups=merged))
+    atomic_write(output, render_index(loaded, params=params, groups=merged, inputs=inputs,
+                                      config_sha256=config_sha256))
     return output
 
 
@@ -627,5 +971,6 @@ def _check_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
         if name in seen:
             raise ValueError(f"report: run {name!r} is listed twice")
         seen.add(name)
-        out.append({"run": name, "group": r.get("group") or None, "files": r.get("files") or str(r["dir"])})
+        out.append({"run": name, "group": r.get("group") or None, "files": r.get("files") or str(r["dir"]),
+                    "sources": list(r.get("sources") or ())})
     return out

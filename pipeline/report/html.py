@@ -1,35 +1,29 @@
-"""Small HTML building blocks for the report: one self-contained page (inline
-CSS, images as data URIs, no scripts, no external assets)."""
+"""The report's HTML: Jinja2 templates (``templates/``), rendered into one
+self-contained page each (inline CSS, images and downloads as data URIs, no
+scripts, no external assets)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
-from html import escape
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-__all__ = ["fmt", "page", "table", "figure", "section", "NA"]
+import jinja2
+
+__all__ = ["fmt", "render", "data_uri", "NA"]
 
 NA = "n/a"
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
-       max-width: 72em; padding: 0 1em; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; margin-top: 1.8em; }
-h3 { font-size: 1.05em; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 0.8em 0; }
-figure img { max-width: 100%; }
-figcaption { font-size: 0.85em; color: #555; }
-.muted { color: #777; font-size: 0.9em; }
-.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.3em 0.8em; }
-code { font-size: 0.9em; }
-nav a { margin-right: 1em; }
-"""
+# autoescape: every value from the runs' files (names, notes, parameters) is
+# text, never markup
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("pipeline.report", "templates"),
+    autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def fmt(value: Any, spec: str = ".6g") -> str:
@@ -49,45 +43,25 @@ def fmt(value: Any, spec: str = ".6g") -> str:
     return str(value)
 
 
-def table(rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None, *, raw: bool = False) -> str:
-    """An HTML table; cells are escaped unless ``raw`` (for cells built here)."""
-    out = ["<table>"]
-    if header:
-        out.append("<tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in header) + "</tr>")
-    for row in rows:
-        cells = []
-        for cell in row:
-            text = str(cell) if raw else escape(str(cell))
-            numeric = isinstance(cell, str) and _looks_numeric(cell)
-            cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
-
-
-def _looks_numeric(text: str) -> bool:
+def _numeric(text: Any) -> bool:
+    """Whether a table cell reads as a number (right-aligned then)."""
     try:
-        float(text.split()[0].replace(",", ""))
+        float(str(text).split()[0].replace(",", ""))
         return True
     except (ValueError, IndexError):
         return False
 
 
-def figure(uri: str | None, caption: str, missing: str) -> str:
-    """An inline image with its caption, or a note saying why there is none."""
-    if uri is None:
-        return f'<p class="note">{escape(missing)}</p>'
-    return f'<figure><img src="{uri}" alt="{escape(caption)}"><figcaption>{escape(caption)}</figcaption></figure>'
+_ENV.filters["fmt"] = fmt
+_ENV.tests["numeric"] = _numeric
 
 
-def section(title: str, *parts: str) -> str:
-    return f"<section><h2>{escape(title)}</h2>\n" + "\n".join(parts) + "\n</section>"
+def data_uri(content: bytes | str, mime: str) -> str:
+    """``content`` as a base64 data URI (text is encoded as UTF-8)."""
+    raw = content.encode("utf-8") if isinstance(content, str) else content
+    return f"data:{mime};base64," + base64.b64encode(raw).decode("ascii")
 
 
-def page(title: str, body: str, footer: str = "") -> str:
-    """A whole HTML document with the inline style sheet."""
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"{body}\n<footer class=\"muted\"><hr>{footer}</footer>\n</body>\n</html>\n"
-    )
+def render(template: str, **context: Any) -> str:
+    """One page from its template (``run.html.j2``, ``index.html.j2``)."""
+    return _ENV.get_template(template).render(**context)

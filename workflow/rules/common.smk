@@ -1,6 +1,8 @@
 # Shared set-up of the workflow: validate config.yaml and runs.tsv, and the
 # helpers the rules use to name files and params.
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -25,6 +27,17 @@ CONFIG_FILES = " + ".join(str(f) for f in workflow.configfiles) or "config"
 config.update(validate_config(config, source=CONFIG_FILES, schema_dir=SCHEMAS))
 
 VERSION = pipeline.__version__
+# what the report states the results were made with: the validated config
+# (defaults filled in), so that configs differing only in what they spell
+# out hash alike. compute and resources say how jobs ran, not what they made:
+# left out, so that changing them re-runs nothing (the hash is a report param)
+CONFIG_SHA256 = hashlib.sha256(
+    json.dumps(
+        canonical({k: v for k, v in config.items() if k not in ("compute", "resources")}),
+        sort_keys=True,
+        default=str,
+    ).encode()
+).hexdigest()
 RESULTS = config["results"].rstrip("/")
 RUNS = {run["run"]: run for run in load_runs(config["runs"], config, schema_dir=SCHEMAS)}
 GROUPS = {}
@@ -119,7 +132,11 @@ def group_files(group):
 
 
 def report_runs():
-    return [{"run": name, "group": run["group"], "files": run_files(name)} for name, run in RUNS.items()]
+    # sources: the files the report lists with their sha256
+    return [
+        {"run": name, "group": run["group"], "files": run_files(name), "sources": source_files(run)}
+        for name, run in RUNS.items()
+    ]
 
 
 def report_groups():

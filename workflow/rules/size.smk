@@ -8,8 +8,15 @@ rule size:
         movie=run_path("movie.ome.zarr"),
     output:
         sizes=run_path("sizes.parquet"),
-        distribution=run_path("distribution.csv"),
-        summary=run_path("summary.json"),
+        distribution=report(
+            run_path("distribution.csv"),
+            caption="../report/distribution.rst",
+            category="Runs",
+            subcategory="{run}",
+        ),
+        summary=report(
+            run_path("summary.json"), caption="../report/summary.rst", category="Runs", subcategory="{run}"
+        ),
     params:
         stage=section_params("size"),
         version=VERSION,

@@ -7,7 +7,10 @@ from pipeline.report import run
 def main(smk) -> None:
     log_to_file(smk.log[0])
 
-    run(smk.params.runs, smk.output.html, smk.params.stage, groups=smk.params.groups)
+    run(
+        smk.params.runs, smk.output.html, smk.params.stage, groups=smk.params.groups,
+        config_sha256=smk.params.config_sha256,
+    )
 
 
 # The guard matters: worker processes of Dask's 'processes' scheduler import
