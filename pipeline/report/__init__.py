@@ -387,6 +387,7 @@ def _cross_checks(summary: Mapping[str, Any]) -> dict | None:
         for key, label in (
             ("pooled_cve_nm", "pooled covariance estimator (all single-frame steps)"),
             ("emsd_nm", "ensemble-MSD slope"),
+            ("distribution_mode_nm", "distribution: mode"),
             ("distribution_mean_nm", "distribution: mean"),
             ("distribution_d50_nm", "distribution: D50"),
         )
@@ -411,9 +412,15 @@ def _localization(data: RunData) -> list[tuple[str, str, str]]:
     blur_source = loc.get("blur_source")
     if blur_source is None and exposure is not None:
         blur_source = f"exposure {fmt(exposure, '.4g')} s"
-    return [
+    pooled = _number(loc.get("pooled_sigma2_um2"))
+    rows = [
         ("localization error σ (nm)", fmt(None if sigma is None else sigma * 1e3, ".1f"),
          str(loc.get("source", s.get("sigma_source")) or NA)),
+    ]
+    if pooled is not None:
+        rows.append(("pooled localization variance σ² (nm²)", fmt(pooled * 1e6, ".4g"),
+                     "covariance estimator over all single-frame steps"))
+    return rows + [
         ("motion blur factor R", fmt(blur, ".3g"), str(blur_source or NA)),
         ("exposure (s)", fmt(exposure, ".4g"), exposure_source if exposure is not None else "unknown"),
     ]
