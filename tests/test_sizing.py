@@ -539,3 +539,88 @@ def test_cli_size_and_size_group(tmp_path, capsys):
     rc = main(["size", str(tracks), str(movie), "--set", "n_bootstrp=3"])
     assert rc == 2
     assert "size.n_bootstrp" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# real-data safeguards: pooled estimates, outliers, cross-checks, QC, EMS
+# ---------------------------------------------------------------------------
+
+
+def test_pooled_covariance_recovers_D_and_sigma_with_blur():
+    D, sigma, exposure = 0.8, 0.04, DT
+    pos, R = blurred_tracks(400, 12, D, exposure=exposure, sigma=sigma, seed=21)
+    sizes = sizing.track_diffusion(tracks_table(pos), pixel_size_um=0.1, frame_interval_s=DT, exposure_s=exposure)
+    assert sizes.attrs["pooled_D_um2_s"] == pytest.approx(D, rel=0.03)
+    assert np.sqrt(sizes.attrs["pooled_sigma2_um2"]) == pytest.approx(sigma, rel=0.25)  # ~1.5 standard errors
+    # negative control: blur ignored, the pooled variance goes wrong by the blur term 2R·D·Δt
+    unblurred = sizing.track_diffusion(tracks_table(pos), pixel_size_um=0.1, frame_interval_s=DT, exposure_s=None)
+    assert unblurred.attrs["pooled_sigma2_um2"] < sigma**2 - R * D * DT
+
+
+def test_outlier_steps_find_jumps_to_a_neighbour():
+    D = 0.5
+    pos, _ = blurred_tracks(300, 30, D, sigma=0.02, seed=22)
+    jumped = np.arange(0, 300, 10)  # 30 tracks jump 3 µm at step 15 (a mislink to a neighbour)
+    pos[jumped, 15:, 1] += 3.0
+    table = tracks_table(pos)
+    kept = sizing.track_diffusion(table, pixel_size_um=0.1, frame_interval_s=DT, outlier_p=1e-4)
+    flagged = set(kept.loc[kept["n_outlier_steps"] > 0, "particle"])
+    assert set(jumped) <= flagged and len(flagged - set(jumped)) <= 2
+    removed = sizing.track_diffusion(table, pixel_size_um=0.1, frame_interval_s=DT, outlier_p=1e-4,
+                                     remove_outliers=True)
+    assert removed.attrs["pooled_D_um2_s"] == pytest.approx(D, rel=0.05)
+    assert kept.attrs["pooled_D_um2_s"] > 1.3 * D  # kept, the jumps inflate D
+
+
+def test_summary_cross_checks_agree_on_a_monodisperse_sample_and_flag_a_mixture():
+    D = stokes_einstein_D(200.0, T, ETA)
+    pos, _ = blurred_tracks(400, 20, D, exposure=DT, sigma=0.03, seed=23)
+    _, _, mono = sizing.size_tracks(tracks_table(pos), pixel_size_um=0.1, frame_interval_s=DT, exposure_s=DT,
+                                    temperature_K=T, viscosity_Pa_s=None, n_bootstrap=0)
+    checks = mono["cross_checks"]
+    assert checks["agree"] is True and checks["max_deviation"] <= checks["tolerance"]
+    assert checks["pooled_cve_nm"] == pytest.approx(200.0, rel=0.05)
+    assert checks["emsd_nm"] == pytest.approx(200.0, rel=0.1)
+    assert not [f for f in mono["qc"] if f["level"] == "warning"]
+    fast, _ = blurred_tracks(400, 20, stokes_einstein_D(60.0, T, ETA), exposure=DT, sigma=0.03, seed=24)
+    mixed = tracks_table(np.concatenate([pos, fast]))
+    _, _, mix = sizing.size_tracks(mixed, pixel_size_um=0.1, frame_interval_s=DT, exposure_s=DT,
+                                   temperature_K=T, viscosity_Pa_s=None, n_bootstrap=0)
+    assert mix["cross_checks"]["agree"] is False
+    (flag,) = [f for f in mix["qc"] if f["code"] == "sizes_disagree"]
+    assert flag["level"] == "warning" and "pooled cve" in flag["message"]
+
+
+def test_unknown_exposure_and_a_zero_localization_error_are_flagged():
+    D = stokes_einstein_D(200.0, T, ETA)
+    pos, _ = blurred_tracks(300, 20, D, exposure=DT, sigma=0.0, seed=25)
+    _, _, s = sizing.size_tracks(tracks_table(pos), pixel_size_um=0.1, frame_interval_s=DT, exposure_s=None,
+                                 temperature_K=T, viscosity_Pa_s=None, n_bootstrap=0)
+    codes = {f["code"] for f in s["qc"]}
+    assert {"exposure_unknown", "negative_localization_variance", "localization_error_zero"} <= codes
+    assert s["localization"]["blur_source"].startswith("assumed") and s["localization"]["blur_R"] == 0.0
+    # negative control: the exposure given, none of these
+    _, _, ok = sizing.size_tracks(tracks_table(pos), pixel_size_um=0.1, frame_interval_s=DT, exposure_s=DT,
+                                  temperature_K=T, viscosity_Pa_s=None, n_bootstrap=0)
+    assert not {"exposure_unknown", "negative_localization_variance"} & {f["code"] for f in ok["qc"]}
+
+
+def test_ems_width_zero_is_walkers_em_and_smoothing_is_chosen_from_the_candidates():
+    from pipeline.size import ems as ems_module
+    from pipeline.size.walker import diameter_grid, walker_em, walker_likelihood
+
+    D = stokes_einstein_D(150.0, T, ETA)
+    rng = np.random.default_rng(26)
+    k = rng.integers(3, 12, size=400)
+    m = rng.gamma(k, 4 * D * DT / k)
+    grid = diameter_grid(10, 3000, 120)
+    P = walker_likelihood(m, k, frame_interval_s=DT, temperature_K=T, viscosity_Pa_s=ETA, grid_nm=grid)
+    p0, _, _ = ems_module.fit_distribution(P, grid, 0.0)
+    np.testing.assert_array_equal(p0, walker_em(P)[0][0])
+    width, scores = ems_module.choose_smoothing(P, grid, folds=4)
+    assert width in ems_module.SMOOTHING_CANDIDATES and len(scores["mean"]) == len(ems_module.SMOOTHING_CANDIDATES)
+    smooth, _, converged = ems_module.fit_distribution(P, grid, 0.1)
+    assert converged and smooth.sum() == pytest.approx(1.0)
+    # smoothing spreads the weight: fewer grid points carry the bulk of it without it
+    assert np.sum(smooth > 1e-3) > np.sum(p0 > 1e-3)
+    assert sizing.distribution_figures(grid_nm=grid, weights=smooth)["mode"] == pytest.approx(150.0, rel=0.1)

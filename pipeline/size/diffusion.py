@@ -23,7 +23,7 @@ from ..io.schema import section_defaults
 from .conditions import check_interval
 from .steps import track_steps
 
-__all__ = ["blur_factor", "cve", "optimal_msd_points", "msd_fit", "track_diffusion", "pooled_cve"]
+__all__ = ["blur_factor", "cve", "optimal_msd_points", "msd_fit", "track_diffusion", "pooled_cve", "pooled_sigma2_se"]
 
 #: The ``size`` section\'s defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
 _DEFAULTS = section_defaults("size")
@@ -344,7 +344,8 @@ def track_diffusion(
     (per axis; may be negative from noise), ``sigma_um`` (√ of it, clipped at
     0), ``n_outlier_steps`` and, for ``method="msd"``, ``msd_points``.
     ``attrs`` hold the pooled covariance estimate over every step of the
-    kept tracks (``pooled_D_um2_s``, ``pooled_sigma2_um2``), ``blur_R``,
+    kept tracks (``pooled_D_um2_s``, ``pooled_sigma2_um2`` and its standard
+    error ``pooled_sigma2_se_um2``), ``blur_R``,
     the motion correction and the counts.
     """
     if method not in ("cve", "msd"):
@@ -357,6 +358,7 @@ def track_diffusion(
     ndim = st["ndim"]
     out = out[out["n_steps"] >= max(int(min_steps), 1)].reset_index(drop=True)
     pooled_D, pooled_s2 = pooled_cve(out, ndim, dt, R)
+    pooled_s2_se = pooled_sigma2_se(out, ndim, R)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["mean_sq_step_um2"] = out["sum_sq_um2"] / out["n_steps"]
         msq = out["sum_sq_um2"] / (out["n_steps"] * ndim)
@@ -391,6 +393,7 @@ def track_diffusion(
         n_tracks_in=len(st["ids"]),
         pooled_D_um2_s=pooled_D,
         pooled_sigma2_um2=pooled_s2,
+        pooled_sigma2_se_um2=pooled_s2_se,
         outliers_removed=bool(remove_outliers),
     )
     return out
@@ -409,3 +412,16 @@ def pooled_cve(moments: pd.DataFrame, ndim: int, dt: float, R: float) -> tuple[f
     mcov = float(moments["sum_prod_um2"].sum()) / n_pairs
     D, s2 = _cve_from_moments(msq, mcov, dt, R)
     return float(D), float(s2)
+
+
+def pooled_sigma2_se(moments: pd.DataFrame, ndim: int, R: float) -> float:
+    """Approximate standard error (µm²) of the pooled σ² of :func:`pooled_cve`,
+    σ² = R·⟨Δx²⟩ + (2R − 1)·⟨ΔxₙΔxₙ₊₁⟩, from the sampling variances of the
+    two moments (each step's squared length and each product has a variance
+    of order ⟨Δx²⟩²)."""
+    n_steps = float(moments["n_steps"].sum()) * ndim
+    n_pairs = float(moments["n_pairs"].sum()) * ndim
+    if n_steps == 0 or n_pairs == 0:
+        return float("nan")
+    msq = float(moments["sum_sq_um2"].sum()) / n_steps
+    return float(np.hypot(R * msq * np.sqrt(2.0 / n_steps), (2.0 * R - 1.0) * msq / np.sqrt(n_pairs)))

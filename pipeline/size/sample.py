@@ -227,7 +227,8 @@ def _localization_error(sizes: pd.DataFrame, counts: dict[str, Any], p, R: float
     sigma = math.sqrt(s2) if np.isfinite(s2) and s2 > 0 else 0.0
     return {
         "sigma_um": sigma, "sigma2_um2": s2, "source": source,
-        "pooled_sigma2_um2": pooled, "pooled_sigma_um": math.sqrt(pooled) if np.isfinite(pooled) and pooled > 0 else 0.0,
+        "pooled_sigma2_um2": pooled, "pooled_sigma2_se_um2": float(counts["pooled_sigma2_se_um2"]),
+        "pooled_sigma_um": math.sqrt(pooled) if np.isfinite(pooled) and pooled > 0 else 0.0,
         "blur_R": R, "blur_source": blur_source,
     }
 
@@ -456,16 +457,16 @@ def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
         flag("exposure_unknown", "warning",
              "the exposure time is not recorded, so motion blur is taken as none (R = 0); a camera that "
              "exposes the whole frame interval has R = 1/6: set exposure_s in the run's settings")
-    pooled = localization["pooled_sigma2_um2"]
-    if np.isfinite(pooled) and pooled < 0:
+    pooled, se = localization["pooled_sigma2_um2"], localization["pooled_sigma2_se_um2"]
+    if np.isfinite(pooled) and pooled < -2.0 * se:  # below zero by more than its noise
         flag("negative_localization_variance", "warning",
-             f"the localization variance pooled over all steps is negative ({pooled:.3g} µm²): motion blur is "
+             f"the localization variance pooled over all steps is negative ({pooled:.3g} ± {se:.2g} µm²): motion blur is "
              f"not accounted for (R = {localization['blur_R']:.3g}); check exposure_s "
              "(R = exposure / (6 × frame interval))")
     s2 = localization["sigma2_um2"]
-    if localization["source"].startswith("estimated") and np.isfinite(s2) and s2 <= 0:
+    if localization["source"].startswith("estimated") and np.isfinite(s2) and s2 < -2.0 * se:
         flag("localization_error_zero", "warning",
-             f"the typical track's localization variance comes out at or below zero ({s2:.3g} µm²) and σ = 0 "
+             f"the typical track's localization variance comes out below zero ({s2:.3g} µm²) and σ = 0 "
              "was used for the distribution: the blur factor is likely wrong (exposure_s), or give a known "
              "size.sigma_um")
     peaks = figures.get("walker_peaks_nm") or []
