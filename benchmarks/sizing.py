@@ -115,7 +115,8 @@ def swap_links(tracks, fraction, seed):
             continue
         tree = cKDTree(both[["y", "x"]].to_numpy())
         ids = both["particle"].to_numpy()
-        for i in np.flatnonzero(rng.random(len(both)) < fraction):
+        # each swap makes two wrong links: pick fraction/2 of the tracks to swap
+        for i in np.flatnonzero(rng.random(len(both)) < fraction / 2):
             _, j = tree.query(both[["y", "x"]].to_numpy()[i], k=2)
             a, b = int(ids[i]), int(ids[j[1]])
             label[a], label[b] = label[b], label[a]
@@ -155,6 +156,7 @@ def bulk_water(**params):
     from pathlib import Path
 
     import imageio.v3 as iio
+    import trackpy
 
     from pipeline.link import link
     from pipeline.locate import locate_frames
@@ -163,6 +165,7 @@ def bulk_water(**params):
     files = sorted(folder.glob("bulk_water_*.png"))
     if not files:
         return None
+    trackpy.quiet()
     frames = np.stack([iio.imread(f)[..., BULK_WATER_SETTINGS["channel"]] for f in files])
     features = locate_frames(frames, diameter=11, minmass=20, invert=True)
     tracks = link(features, method="nearest", search_range=5, memory=3, min_length=10, subtract_drift=True)

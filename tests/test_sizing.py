@@ -624,3 +624,16 @@ def test_ems_width_zero_is_walkers_em_and_smoothing_is_chosen_from_the_candidate
     # smoothing spreads the weight: fewer grid points carry the bulk of it without it
     assert np.sum(smooth > 1e-3) > np.sum(p0 > 1e-3)
     assert sizing.distribution_figures(grid_nm=grid, weights=smooth)["mode"] == pytest.approx(150.0, rel=0.1)
+
+
+def test_ems_distribution_sizes_long_tracks_through_their_own_covariance_estimate():
+    D = stokes_einstein_D(200.0, T, ETA)
+    pos, _ = blurred_tracks(300, 40, D, exposure=DT, sigma=0.03, seed=27)  # 39 steps: CVE rows
+    _, _, s = sizing.size_tracks(tracks_table(pos), pixel_size_um=0.1, frame_interval_s=DT, exposure_s=DT,
+                                 temperature_K=T, viscosity_Pa_s=None, n_bootstrap=0, distribution="ems")
+    assert s["distribution_method"] == "ems" and s["smoothing_ln_d"] in sizing.ems.SMOOTHING_CANDIDATES
+    assert s["mode_nm"] == pytest.approx(200.0, rel=0.05) and s["d50_nm"] == pytest.approx(200.0, rel=0.05)
+    assert len(s["walker_peaks_nm"]) == 1
+    with pytest.raises(ValueError, match="positive"):
+        sizing.ems.cve_likelihood([0.1, -0.2], [40, 40], frame_interval_s=DT, temperature_K=T,
+                                  viscosity_Pa_s=ETA, grid_nm=np.array([100.0, 200.0]))

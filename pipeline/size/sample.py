@@ -271,7 +271,7 @@ def _distribution_fit(sizes: pd.DataFrame, p, notes, **conditions) -> dict[str, 
         # likelihood of the mean squared step, where the covariance
         # estimate is too far from normal to be modelled as such.
         N = valid["n_steps"].to_numpy() * conditions["ndim"]
-        own = (N >= CVE_MIN_AXIS_STEPS) & np.isfinite(valid["D_um2_s"].to_numpy())
+        own = (N >= CVE_MIN_AXIS_STEPS) & (valid["D_um2_s"].to_numpy() > 0)
         if own.any():
             P[own] = cve_likelihood(
                 valid["D_um2_s"].to_numpy()[own], N[own],
