@@ -35,9 +35,10 @@ from .walker import diameter_grid, walker_likelihood
 __all__ = ["size_tracks"]
 
 _UM3_PER_ML = 1e12  # 1 mL = 1 cm³ = 1e12 µm³
-#: Steps (times axes) from which a track's covariance estimate of D is close
-#: enough to normal (its skewness falls as 1/√N) to enter the EMS fit as
-#: such; shorter tracks enter through Walker's likelihood.
+#: Steps (times axes) from which a track's covariance estimate of D enters
+#: the EMS fit through its own (log-normal) likelihood; shorter tracks enter
+#: through Walker's. 20 is where bulk_water's tracks (10 to 40 steps) all
+#: take their own σ; a higher cut brings its comb back (measured: 40, 60).
 CVE_MIN_AXIS_STEPS = 20
 
 
@@ -269,7 +270,7 @@ def _distribution_fit(sizes: pd.DataFrame, p, notes, **conditions) -> dict[str, 
         # differs from track to track, and one σ for all makes the tracks
         # of sharp spots look immobile). Short tracks: Walker's exact
         # likelihood of the mean squared step, where the covariance
-        # estimate is too far from normal to be modelled as such.
+        # estimate is too often <= 0 or too skewed for a log-normal.
         N = valid["n_steps"].to_numpy() * conditions["ndim"]
         own = (N >= CVE_MIN_AXIS_STEPS) & (valid["D_um2_s"].to_numpy() > 0)
         if own.any():
