@@ -19,12 +19,20 @@ A receiver checks every message before it touches the buffer
 the frame size capped by ``max_frame_bytes``. Each failure raises
 :class:`WireError` carrying a short ``reason`` under which the receiver counts
 the rejection.
+
+A header is hostile input: its size is capped before it is parsed, JSON's
+non-standard ``NaN``/``Infinity``, floats that overflow to infinity and
+integers longer than any int64 are refused while parsing (so neither
+``float()`` nor Python's int-string limit can fail later), nesting too deep
+for the parser is a rejection, not a crash, and sequence numbers must fit in
+an int64. The start message's metadata is checked by :func:`check_metadata`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -46,16 +54,25 @@ __all__ = [
     "parse_dtype",
     "check_frame",
     "check_end",
+    "check_metadata",
+    "MAX_SEQ",
 ]
 
 #: Largest frame accepted (the ``acquire.max_frame_bytes`` default).
 MAX_FRAME_BYTES = section_defaults("acquire")["max_frame_bytes"]
 MAX_HEADER_BYTES = 1 * 2**20  # metadata of a start message included
+#: Largest sequence number (the store lists dropped ones as int64).
+MAX_SEQ = 2**63 - 1
+# Longest integer literal a header may hold: any int64, sign included;
+# longer ones are refused before Python converts them (quadratic, and
+# limited to 4,300 digits, above which json raises).
+_MAX_INT_DIGITS = 20
 
 # Why a message was rejected (the receiver counts each, by reason).
 REJECT_REASONS = (
     "parts",  # wrong number of message parts for its kind
     "header",  # not JSON, not an object, a missing or mistyped key
+    "metadata",  # a start message whose acquisition metadata is unusable
     "dtype",  # unknown or disallowed pixel type
     "shape",  # not 2D/3D positive integers, or larger than max_frame_bytes
     "size",  # buffer length differs from shape x itemsize
@@ -162,14 +179,58 @@ def encode_end(run: str, frames_sent: int, next_seq: int) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
+def _parse_int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS:
+        raise WireError("header", f"integer of {len(text)} digits in the header")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise WireError("header", f"number {text[:20]}... overflows a float")
+    return value
+
+
+def _parse_constant(text: str) -> float:
+    raise WireError("header", f"{text} is not JSON (send null for a missing time stamp)")
+
+
 def decode_header(data: bytes | memoryview) -> dict:
-    """Parse a JSON header; raises :class:`WireError` (reason ``header``)."""
+    """Parse a JSON header.
+
+    Parameters
+    ----------
+    data : bytes or memoryview
+        The message part, at most :data:`MAX_HEADER_BYTES`.
+
+    Returns
+    -------
+    dict
+        The header; every number in it is finite and every integer fits in
+        20 characters.
+
+    Raises
+    ------
+    WireError
+        Reason ``header``: too long, not UTF-8 JSON, ``NaN``/``Infinity``, an
+        overflowing number, nested too deep, or not a JSON object.
+    """
     if len(data) > MAX_HEADER_BYTES:
         raise WireError("header", f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError("header", f"header is not UTF-8 JSON ({exc})") from None
+        header = json.loads(
+            bytes(data).decode("utf-8"),
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
+    except WireError:
+        raise
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise WireError("header", f"header is not UTF-8 JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise WireError("header", "header JSON is nested too deep to parse") from None
     if not isinstance(header, dict):
         raise WireError("header", f"header must be a JSON object, got {type(header).__name__}")
     return header
@@ -196,23 +257,25 @@ def check_frame(
     if missing:
         raise WireError("header", f"frame header lacks {missing}")
     seq, t, shape, run = header["seq"], header["t"], header["shape"], header["run"]
-    if not _is_int(seq) or seq < 0:
-        raise WireError("header", f"'seq' must be a non-negative integer, got {seq!r}")
+    if not _is_int(seq) or not 0 <= seq <= MAX_SEQ:
+        raise WireError("header", f"'seq' must be a non-negative int64, got {_short(seq)}")
     if t is None:
         t = float("nan")
     elif _is_int(t) or isinstance(t, float):
-        t = float(t)
+        t = float(t)  # a checked header's integers have at most 20 digits: no overflow
+        if not math.isfinite(t):
+            raise WireError("header", f"'t' must be finite or null, got {t!r}")
     else:
-        raise WireError("header", f"'t' must be a number or null, got {t!r}")
+        raise WireError("header", f"'t' must be a number or null, got {_short(t)}")
     if not isinstance(run, str):
-        raise WireError("header", f"'run' must be a string, got {run!r}")
+        raise WireError("header", f"'run' must be a string, got {_short(run)}")
     dtype = parse_dtype(header["dtype"])
     if (
         not isinstance(shape, list)
         or len(shape) not in (2, 3)
         or not all(_is_int(s) and 0 < s <= max_frame_bytes for s in shape)
     ):
-        raise WireError("shape", f"'shape' must be 2 or 3 positive integers, got {shape!r}")
+        raise WireError("shape", f"'shape' must be 2 or 3 positive integers, got {_short(shape)}")
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > max_frame_bytes:
         raise WireError(
@@ -228,10 +291,74 @@ def check_frame(
 
 
 def check_end(header: Mapping[str, Any]) -> tuple[int, int]:
-    """``(frames_sent, next_seq)`` of an end message."""
+    """``(frames_sent, next_seq)`` of an end message, both non-negative int64."""
     frames_sent, next_seq = header.get("frames_sent"), header.get("next_seq")
-    if not (_is_int(frames_sent) and frames_sent >= 0 and _is_int(next_seq) and next_seq >= 0):
+    if not all(_is_int(v) and 0 <= v <= MAX_SEQ for v in (frames_sent, next_seq)):
         raise WireError(
-            "header", f"end message needs non-negative integers 'frames_sent' and 'next_seq', got {dict(header)}"
+            "header",
+            f"end message needs non-negative int64 'frames_sent' and 'next_seq', got "
+            f"{_short(frames_sent)} and {_short(next_seq)}",
         )
     return frames_sent, next_seq
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut short: a rejection is logged, and a header may be 1 MiB."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# Metadata keys with a physical meaning: each a positive finite number (the
+# scale keys required at the first frame, the others optional).
+_POSITIVE_KEYS = ("frame_interval_s", "exposure_s", "temperature_K", "viscosity_Pa_s")
+
+
+def _positive(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Real)  # numpy scalars too, from a Python caller
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def check_metadata(metadata: Any, where: str = "start message") -> dict:
+    """Check acquisition metadata before a store is made from it.
+
+    Parameters
+    ----------
+    metadata : mapping
+        ``pixel_size_um`` (a positive finite number, or one per axis: 1 to 3
+        of them), ``frame_interval_s``, ``exposure_s``, ``temperature_K``,
+        ``viscosity_Pa_s`` (positive finite numbers, not booleans); each may
+        be absent or null here (the scale keys are required when the first
+        frame arrives). Other keys are kept as given.
+    where : str
+        Names the source of the metadata in the error.
+
+    Returns
+    -------
+    dict
+        A copy of ``metadata``.
+
+    Raises
+    ------
+    WireError
+        Reason ``metadata``, naming the key and its value.
+    """
+    if not isinstance(metadata, Mapping):
+        raise WireError("metadata", f"{where}: 'metadata' must be an object, got {type(metadata).__name__}")
+    for key in _POSITIVE_KEYS:
+        value = metadata.get(key)
+        if value is not None and not _positive(value):
+            raise WireError("metadata", f"{where}: '{key}' must be a positive finite number, got {_short(value)}")
+    pixel = metadata.get("pixel_size_um")
+    if pixel is not None:
+        values = list(pixel) if isinstance(pixel, (list, tuple)) else [pixel]
+        if not 1 <= len(values) <= 3 or not all(_positive(v) for v in values):
+            raise WireError(
+                "metadata",
+                f"{where}: 'pixel_size_um' must be a positive finite number or a list of 1 to 3 of them "
+                f"(one per axis), got {_short(pixel)}",
+            )
+    return dict(metadata)
