@@ -7,7 +7,20 @@ thread pool and writes whole shards behind. Frame ``i`` of the store is
 sequence number ``first_seq + i``; a gap in ``seq`` is a dropped frame.
 
 Bad messages never stop the stream: each is logged and counted by reason
-(``rejected`` in the store's metadata). The stream ends cleanly with an end
+(``rejected`` in the store's metadata). A sequence number may run at most
+``max_seq_gap`` ahead of the last frame written, and a frame after a gap is
+held until the next message shows the stream went on after it: one forged
+or corrupt number is rejected (``seq_jump``) instead of making the genuine
+frames after it look out of order. The end message's ``frames_sent`` is
+checked against the frames received; a disagreement is logged and recorded
+(``frames_sent_mismatch``).
+
+A message above ``max_frame_bytes`` never reaches the writer: ZeroMQ drops
+its sender's connection, and with it whatever that sender had in flight
+behind it. The writer cannot see which message it was, so it is not counted
+as rejected; what it can see is recorded instead: the sequence numbers that
+never arrived are listed as dropped, and the end message's ``frames_sent``
+then disagrees with the frames received. The stream ends cleanly with an end
 message (``complete: true``); it is *interrupted* when no message arrives for
 ``timeout_s`` (the publisher died), or on SIGINT / SIGTERM: then what was
 received is flushed and the store says ``complete: false``. A writer killed
@@ -37,6 +50,8 @@ import numpy as np
 import zmq
 
 from ..io.movie import Movie, MovieError, MovieWriter, create_movie, open_movie, update_attributes
+from ..io.schema import section_defaults
+from ..io.tables import jsonable
 from ..physics import water_viscosity
 from . import wire
 from .stream import DEFAULT_HWM
@@ -45,7 +60,8 @@ __all__ = ["StreamReceiver", "record", "WriterProcess", "MAX_SEQ_GAP"]
 
 log = logging.getLogger("trackflow.acquire")
 
-MAX_SEQ_GAP = 1_000_000  # a larger jump in seq is a corrupt header, not lost frames
+#: Furthest a frame or end message may run ahead (the ``acquire.max_seq_gap`` default).
+MAX_SEQ_GAP = section_defaults("acquire")["max_seq_gap"]
 _SOCKET_BUFFER = 8 * 2**20
 _POLL_MS = 200
 _LOG_FIRST = 10  # rejections logged per reason before only every 1000th is
@@ -98,8 +114,16 @@ class StreamReceiver:
         Passed to :func:`pipeline.io.movie.create_movie`.
     max_frame_bytes : int
         Frames larger than this are rejected (reason ``shape``).
+    max_seq_gap : int
+        Furthest a frame or the end message may run ahead of the last frame
+        (reason ``seq_jump``).
     acquisition : mapping, optional
         The acquisition settings, recorded as ``acquisition``.
+
+    Raises
+    ------
+    ValueError
+        ``metadata`` that no store could take (:func:`wire.check_metadata`).
     """
 
     def __init__(
@@ -113,16 +137,19 @@ class StreamReceiver:
         clevel: int = 5,
         compression_threads: int | None = None,
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
+        max_seq_gap: int = MAX_SEQ_GAP,
         acquisition: Mapping[str, Any] | None = None,
     ):
         self.output = Path(output)
         self.overwrite = bool(overwrite)
-        self.explicit_metadata = dict(metadata or {})
+        # checked now: a bad value given by hand is an error before anything is received
+        self.explicit_metadata = wire.check_metadata(jsonable(dict(metadata or {})), f"{output}: metadata")
         self.run = run
         self.store_options = dict(
             frames_per_shard=frames_per_shard, clevel=clevel, compression_threads=compression_threads
         )
         self.max_frame_bytes = int(max_frame_bytes)
+        self.max_seq_gap = int(max_seq_gap)
         self.acquisition = dict(acquisition or {})
         self.rejected: Counter[str] = Counter()
         self.writer: MovieWriter | None = None
@@ -131,7 +158,10 @@ class StreamReceiver:
         self.frame_shape: tuple[int, ...] | None = None
         self.dtype: np.dtype | None = None
         self.first_seq: int | None = None
-        self.last_seq: int | None = None
+        self.last_seq: int | None = None  # of the last frame written
+        self.start_rejected: str | None = None  # why the last start message was refused
+        # a frame after a gap, with its buffer: written once the stream goes on after it
+        self._held: tuple[wire.FrameHeader, memoryview] | None = None
         self.frames_received = 0
         self.bytes_received = 0
         self.seconds_handling = 0.0
@@ -203,8 +233,14 @@ class StreamReceiver:
         if not isinstance(metadata, dict):
             raise wire.WireError("header", f"start 'metadata' must be an object, got {type(metadata).__name__}")
         for key, value in (("frames_expected", expected), ("first_seq", first_seq)):
-            if value is not None and not (wire._is_int(value) and value >= 0):
-                raise wire.WireError("header", f"start '{key}' must be a non-negative integer, got {value!r}")
+            if value is not None and not (wire._is_int(value) and 0 <= value <= wire.MAX_SEQ):
+                raise wire.WireError("header", f"start '{key}' must be a non-negative int64, got {value!r}")
+        try:
+            # what the writer was given overrides the camera: only the rest must be usable
+            wire.check_metadata({**metadata, **self.explicit_metadata}, "start message")
+        except wire.WireError as exc:
+            self.start_rejected = str(exc)
+            raise
         self.start = {"metadata": metadata, "frames_expected": expected, "first_seq": first_seq}
 
     def _end(self, header: dict) -> None:
@@ -212,9 +248,31 @@ class StreamReceiver:
         if self.last_seq is not None:
             if next_seq <= self.last_seq:
                 raise wire.WireError("header", f"end says next_seq {next_seq}, but seq {self.last_seq} arrived")
-            if next_seq - self.last_seq > MAX_SEQ_GAP:
-                raise wire.WireError("seq_jump", f"end says next_seq {next_seq}, {next_seq - self.last_seq} after the last frame")
+            held = self._held[0].seq if self._held is not None and next_seq > self._held[0].seq else None
+            top = self.last_seq if held is None else held
+            if next_seq - top > self.max_seq_gap:
+                raise wire.WireError(
+                    "seq_jump", f"end says next_seq {next_seq}, {next_seq - top} after frame {top}"
+                )
+            self._settle_held(next_seq)
         self.end = {"frames_sent": frames_sent, "next_seq": next_seq}
+
+    def _settle_held(self, seq: int) -> None:
+        """The message after a held frame says ``seq`` comes next: a ``seq``
+        past the held frame confirms it (written), one before it shows that
+        the held frame's number was forged or corrupt (rejected)."""
+        if self._held is None:
+            return
+        fh, buffer = self._held
+        self._held = None
+        if seq > fh.seq:
+            self._write(fh, buffer)
+        else:
+            self.reject(
+                "seq_jump",
+                f"frame {fh.seq} ran {fh.seq - self.last_seq} ahead of frame {self.last_seq}, "
+                f"but the stream went on at {seq}",
+            )
 
     def _frame(self, header: dict, data: Any) -> None:
         buffer = _buffer(data)
@@ -232,8 +290,23 @@ class StreamReceiver:
             raise wire.WireError("duplicate_seq", f"frame {fh.seq} arrived twice")
         elif fh.seq < self.last_seq:
             raise wire.WireError("out_of_order_seq", f"frame {fh.seq} arrived after frame {self.last_seq}")
-        elif fh.seq - self.last_seq > MAX_SEQ_GAP:
-            raise wire.WireError("seq_jump", f"frame {fh.seq} arrived {fh.seq - self.last_seq} after frame {self.last_seq}")
+        held = self._held[0].seq if self._held is not None else None
+        if fh.seq == held:
+            raise wire.WireError("duplicate_seq", f"frame {fh.seq} arrived twice")
+        top = held if held is not None and fh.seq > held else self.last_seq
+        if fh.seq - top > self.max_seq_gap:
+            # the expected sequence stays where it was: the genuine frames still fit
+            raise wire.WireError(
+                "seq_jump", f"frame {fh.seq} ran {fh.seq - top} ahead of frame {top} (max_seq_gap {self.max_seq_gap})"
+            )
+        self._settle_held(fh.seq)
+        if fh.seq == self.last_seq + 1:
+            self._write(fh, buffer)
+        else:
+            # after a gap: dropped frames, or a forged number; the next message tells
+            self._held = (fh, buffer)
+
+    def _write(self, fh: wire.FrameHeader, buffer: memoryview) -> None:
         # a view over ZeroMQ's buffer: compressed straight from it, never copied
         frame = np.frombuffer(buffer, dtype=fh.dtype).reshape(fh.shape)
         self.writer.write(fh.seq - self.first_seq, frame, fh.t)
@@ -247,10 +320,13 @@ class StreamReceiver:
     def _create(self, fh: wire.FrameHeader) -> None:
         start = self.start or {}
         first_seq = start.get("first_seq")
-        if first_seq is None or first_seq > fh.seq or fh.seq - first_seq > MAX_SEQ_GAP:
+        if first_seq is None or first_seq > fh.seq or fh.seq - first_seq > self.max_seq_gap:
             first_seq = fh.seq
         metadata = {**start.get("metadata", {}), **self.explicit_metadata}
-        pixel, interval, attrs = _physical_metadata(metadata, len(fh.shape), str(self.output))
+        where = str(self.output)
+        if self.start is None and self.start_rejected:
+            where += f" (the start message was rejected: {self.start_rejected})"
+        pixel, interval, attrs = _physical_metadata(metadata, len(fh.shape), where)
         attrs.update(
             run=self.run,
             frames_expected=start.get("frames_expected"),
@@ -301,6 +377,13 @@ class StreamReceiver:
             why = "the stream ended" if self.ended else (interrupted or "the stream stopped")
             counts = f"; rejected messages: {dict(self.rejected)}" if self.rejected else ""
             raise MovieError(f"{self.output}: {why} before any valid frame arrived{counts}")
+        if self._held is not None:
+            # nothing came after it to confirm or refute its number: keep the frame
+            log.warning("%s: frame %d came after a gap and was the last to arrive; kept", self.output, self._held[0].seq)
+            self._settle_held(self._held[0].seq + 1)
+        mismatch = self._frames_sent_mismatch()
+        if mismatch:
+            log.warning("%s: %s", self.output, mismatch)
         n_frames = None
         expected = (self.start or {}).get("frames_expected")
         if self.ended:
@@ -311,6 +394,7 @@ class StreamReceiver:
             frames_expected=expected,
             frames_sent=self.end["frames_sent"] if self.ended else None,
             frames_received=self.frames_received,
+            frames_sent_mismatch=mismatch,
             rejected=dict(self.rejected),
             interrupted=interrupted,
         )
@@ -324,6 +408,22 @@ class StreamReceiver:
         stats["mb_per_s"] = self.bytes_received / 1e6 / elapsed if elapsed > 0 else None
         update_attributes(self.output, {"trackflow": {"stream": stats}})
         return open_movie(self.output)
+
+    def _frames_sent_mismatch(self) -> str | None:
+        """Why the end message's ``frames_sent`` disagrees with what arrived, or None.
+
+        The transport is lossless, so every frame sent is received (and
+        written, or rejected); a difference means frames lost with a dropped
+        connection (a message above ``max_frame_bytes``), rejected genuine
+        frames, or a forged end or frames.
+        """
+        if not self.ended or self.end["frames_sent"] == self.frames_received:
+            return None
+        rejected = sum(self.rejected.values())
+        return (
+            f"the end message says {self.end['frames_sent']} frames were sent, but {self.frames_received} "
+            f"were received ({self.dropped} sequence numbers never arrived, {rejected} messages rejected)"
+        )
 
     def abort(self) -> None:
         """Close after an error: keep what was received, ``complete: false``."""
@@ -419,6 +519,7 @@ def record(
     clevel: int = 5,
     compression_threads: int | None = None,
     max_frame_bytes: int = wire.MAX_FRAME_BYTES,
+    max_seq_gap: int = MAX_SEQ_GAP,
     acquisition: Mapping[str, Any] | None = None,
     progress: bool = False,
     progress_tty: bool | None = None,
@@ -454,7 +555,9 @@ def record(
         Store layout and compression (see :func:`pipeline.io.movie.create_movie`).
     max_frame_bytes : int
         Largest frame accepted; larger messages are refused by ZeroMQ itself
-        before they are received.
+        before they are received (see the module's description).
+    max_seq_gap : int
+        Furthest a frame or the end message may run ahead of the last frame.
     acquisition : mapping, optional
         Settings recorded as ``acquisition`` in the store.
     progress : bool
@@ -471,6 +574,16 @@ def record(
     -------
     Movie
         The store; ``complete`` tells whether the stream ended cleanly.
+
+    Raises
+    ------
+    ValueError
+        ``metadata`` no store could take, or an endpoint that cannot be bound.
+    MovieError
+        No valid frame arrived, or the first one did with ``pixel_size_um``
+        or ``frame_interval_s`` unknown (a rejected start message and
+        nothing given here): the stream cannot be recorded, and no store is
+        left behind.
     """
     output = Path(output)
     if output.exists() and not overwrite:
@@ -486,6 +599,7 @@ def record(
         clevel=clevel,
         compression_threads=compression_threads,
         max_frame_bytes=max_frame_bytes,
+        max_seq_gap=max_seq_gap,
         acquisition=acquisition,
     )
     ctx = zmq.Context()
