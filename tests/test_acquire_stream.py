@@ -182,6 +182,15 @@ def _bad_messages():
         ("end_with_buffer", "parts", [wire.encode_end("r", 1, 2), b"x"]),
         ("other_run", "run", frame_parts(2, GOOD[2], run="another")),
         ("seq_jump", "seq_jump", frame_parts(10**9, GOOD[2])),
+        # issue 14, finding 1: each of these killed the writer
+        ("t_400_digits", "header", [f'{{"seq": 2, "t": {"9" * 400}, "shape": [24, 32], "dtype": "<u2", "run": "r"}}'.encode(), f]),
+        ("t_5000_digits", "header", [f'{{"seq": 2, "t": {"9" * 5000}, "shape": [24, 32], "dtype": "<u2", "run": "r"}}'.encode(), f]),
+        ("nested_100000", "header", [b"[" * 100_000 + b"]" * 100_000, f]),
+        ("t_nan", "header", [b'{"seq": 2, "t": NaN, "shape": [24, 32], "dtype": "<u2", "run": "r"}', f]),
+        # issue 14, finding 4: one forged number, within max_seq_gap or beyond an int64
+        ("forged_seq_within_reach", "seq_jump", frame_parts(5000, GOOD[2])),
+        ("seq_2_64", "header", [f'{{"seq": {2**64}, "t": 0, "shape": [24, 32], "dtype": "<u2", "run": "r"}}'.encode(), f]),
+        ("forged_end_far_ahead", "seq_jump", [wire.encode_end("r", 2, 1_000_000)]),
         ("second_start", "unexpected", [wire.encode_start("r", META)]),
     ]
 
@@ -326,3 +335,126 @@ def test_paced_camera_drops_what_it_cannot_deliver():
     t0 = time.perf_counter()
     assert [f.seq for f in paced(frames[:10], rate_fps=100)] == list(range(10))
     assert time.perf_counter() - t0 >= 0.085  # paced, not as fast as possible
+
+
+def _send_stream(endpoint, messages):
+    ctx, sock = raw_push(endpoint)
+    try:
+        for parts in messages:
+            sock.send_multipart(parts if isinstance(parts, list) else [parts])
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def test_forged_seq_does_not_poison_the_stream(tmp_path):
+    """Issue 14, finding 4: seq 900,000 in a stream at 5, then 15 genuine
+    frames and the genuine end; an end claiming a million ahead; seq 2^64."""
+    frames = make_frames(21)
+    rec = Recorder(tmp_path / "f.ome.zarr", frames_per_shard=4)
+    messages = [wire.encode_start("r", META)] + [frame_parts(i, frames[i]) for i in range(6)]
+    messages.append(frame_parts(900_000, frames[0]))
+    messages += [frame_parts(i, frames[i]) for i in range(6, 21)]
+    messages.append([wire.encode_end("r", 21, 1_000_021)])
+    messages.append([f'{{"seq": {2**64}, "t": 0, "shape": [24, 32], "dtype": "<u2", "run": "r"}}'.encode(), frames[0]])
+    messages.append([wire.encode_end("r", 21, 21)])
+    _send_stream(rec.endpoint, messages)
+    movie = rec.join()
+    assert movie.complete and len(movie) == 21 and movie.attrs["dropped"] == []
+    assert movie.attrs["rejected"] == {"seq_jump": 2, "header": 1}
+    assert movie.dropped_frames.tolist() == []
+    assert movie.attrs["frames_sent_mismatch"] is None
+    np.testing.assert_array_equal(movie.frames(), frames)
+    assert (tmp_path / "f.ome.zarr" / "zarr.json").stat().st_size < 100_000
+
+
+def test_max_seq_gap_is_a_setting_and_genuine_gaps_are_dropped_frames(tmp_path):
+    frames = make_frames(8)
+    rec = Recorder(tmp_path / "g.ome.zarr", max_seq_gap=3)
+    sent = [0, 1, 4, 5, 9, 10]  # a gap of 3 is within reach, one of 4 is not
+    _send_stream(rec.endpoint, [wire.encode_start("r", META)] + [frame_parts(s, frames[s % 8]) for s in sent]
+                 + [[wire.encode_end("r", 6, 6)]])
+    movie = rec.join()
+    assert movie.attrs["dropped"] == [2, 3] and len(movie) == 6
+    assert movie.attrs["rejected"] == {"seq_jump": 2}
+    np.testing.assert_array_equal(movie.frames()[[0, 1, 4, 5]], frames[[0, 1, 4, 5]])
+
+
+def test_frames_sent_disagreement_is_recorded(tmp_path):
+    frames = make_frames(3)
+    rec = Recorder(tmp_path / "s.ome.zarr")
+    _send_stream(rec.endpoint, [wire.encode_start("r", META)] + [frame_parts(i, frames[i]) for i in range(3)]
+                 + [[wire.encode_end("r", 7, 3)]])
+    movie = rec.join()
+    assert movie.complete and movie.attrs["frames_sent"] == 7 and movie.attrs["frames_received"] == 3
+    assert "says 7 frames were sent, but 3 were received" in movie.attrs["frames_sent_mismatch"]
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"temperature_K": "hot"}, "temperature_K"),
+        ({"pixel_size_um": float("nan")}, "pixel_size_um"),
+        ({"pixel_size_um": float("inf")}, "pixel_size_um"),
+        ({"frame_interval_s": True}, "frame_interval_s"),
+    ],
+)
+def test_bad_start_metadata_is_rejected_naming_the_key(tmp_path, bad, key, caplog):
+    """Issue 14, finding 2: the writer keeps waiting for a valid start message."""
+    bad_start = json.dumps({"start": True, "run": "r", "metadata": {**META, **bad}}).encode()
+    rec = Recorder(tmp_path / "m.ome.zarr")
+    with caplog.at_level("WARNING", logger="trackflow.acquire"):
+        _send_stream(rec.endpoint, [bad_start, wire.encode_start("r", META)]
+                     + [frame_parts(i, GOOD[i]) for i in range(4)] + [[wire.encode_end("r", 4, 4)]])
+        movie = rec.join()
+    assert movie.complete and movie.attrs["rejected"] == {"metadata": 1}
+    assert movie.attrs["temperature_K"] == 295.0 and movie.frame_interval_s == 0.01
+    np.testing.assert_array_equal(movie.frames(), GOOD)
+    assert f"'{key}'" in caplog.text and "metadata" in caplog.text
+
+
+def test_a_stream_whose_only_start_is_bad_ends_with_an_error_naming_the_key(tmp_path):
+    bad_start = json.dumps({"start": True, "run": "r", "metadata": {**META, "pixel_size_um": float("nan")}}).encode()
+    rec = Recorder(tmp_path / "m.ome.zarr")
+    _send_stream(rec.endpoint, [bad_start, frame_parts(0, GOOD[0])])
+    with pytest.raises(MovieError, match="start message was rejected.*'pixel_size_um'"):
+        rec.join()
+    assert not (tmp_path / "m.ome.zarr").exists()
+
+
+def test_given_metadata_overrides_a_bad_start_key_and_is_checked_itself(tmp_path):
+    bad_start = json.dumps({"start": True, "run": "r", "metadata": {**META, "temperature_K": "hot"}}).encode()
+    rec = Recorder(tmp_path / "m.ome.zarr", metadata={"temperature_K": 300})
+    _send_stream(rec.endpoint, [bad_start] + [frame_parts(i, GOOD[i]) for i in range(4)] + [[wire.encode_end("r", 4, 4)]])
+    movie = rec.join()
+    assert movie.attrs["rejected"] == {} and movie.attrs["temperature_K"] == 300
+    with pytest.raises(ValueError, match="'frame_interval_s'"):
+        record("tcp://127.0.0.1:*", tmp_path / "x.ome.zarr", metadata={"frame_interval_s": True})
+
+
+def test_oversize_message_of_the_sender_shows_as_dropped_frames_and_a_frames_sent_mismatch(tmp_path):
+    """Issue 14, finding 8: ZeroMQ drops the connection of a message above
+    max_frame_bytes and what was in flight behind it; the writer cannot name
+    the message, but records the frames that never arrived and says the end's
+    frames_sent disagrees."""
+    frames = make_frames(6, shape=(16, 16))
+    rec = Recorder(tmp_path / "o.ome.zarr", max_frame_bytes=4096)
+    publisher = Publisher(rec.endpoint, run="r")
+    publisher.start(META)
+    publisher.send(frames[0], 0)
+    publisher.send(frames[1], 1)
+    time.sleep(0.3)  # delivered before the oversize frame
+    # above the socket's limit (max_frame_bytes, or the 1 MiB header cap if larger;
+    # a frame between the two is received and rejected as 'shape')
+    publisher.send(np.zeros((1024, 1024), np.uint16), 2)
+    time.sleep(0.3)  # reconnected
+    for i in range(3, 6):
+        publisher.send(frames[i], i)
+    publisher.end()
+    publisher.close()
+    movie = rec.join()
+    assert movie.complete and movie.attrs["rejected"] == {}
+    kept = [i for i in range(6) if i not in movie.attrs["dropped"]]
+    assert 2 in movie.attrs["dropped"] and kept[:2] == [0, 1]
+    np.testing.assert_array_equal(movie.frames()[kept], frames[kept])
+    assert "says 6 frames were sent" in movie.attrs["frames_sent_mismatch"]

@@ -103,3 +103,63 @@ def test_control_messages():
     with pytest.raises(wire.WireError):
         wire.check_end({"end": True, "frames_sent": -1, "next_seq": 2})
     assert wire.message_kind(_header()) == "frame"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"seq": 1, "t": %s, "shape": [4, 4], "dtype": "<u2", "run": "r"}' % (b"9" * 400),  # float() overflows
+        b'{"seq": 1, "t": %s, "shape": [4, 4], "dtype": "<u2", "run": "r"}' % (b"9" * 5000),  # int-str limit
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError in the parser
+        b'{"seq": 1, "t": NaN, "shape": [4, 4], "dtype": "<u2", "run": "r"}',
+        b'{"seq": 1, "t": -Infinity, "shape": [4, 4], "dtype": "<u2", "run": "r"}',
+        b'{"seq": 1, "t": 1e400, "shape": [4, 4], "dtype": "<u2", "run": "r"}',
+        b'{"seq": %d, "t": 0, "shape": [4, 4], "dtype": "<u2", "run": "r"}' % 2**64,
+        b'{"seq": %d, "t": 0, "shape": [4, 4], "dtype": "<u2", "run": "r"}' % 2**63,
+    ],
+    ids=["t_400_digits", "t_5000_digits", "nested_100000", "t_nan", "t_inf", "t_overflows", "seq_2_64", "seq_2_63"],
+)
+def test_hostile_headers_are_rejected_not_raised(raw):
+    """Issue 14, finding 1: each of these killed the writer with a traceback."""
+    with pytest.raises(wire.WireError) as err:
+        wire.check_frame(wire.decode_header(raw), 32)
+    assert err.value.reason == "header"
+
+
+def test_largest_int64_seq_is_accepted():
+    fh = wire.check_frame(_header(seq=2**63 - 1), 32)
+    assert fh.seq == 2**63 - 1
+    with pytest.raises(wire.WireError):
+        wire.check_end({"end": True, "frames_sent": 0, "next_seq": 2**63})
+
+
+@pytest.mark.parametrize(
+    "metadata, key",
+    [
+        ({"temperature_K": "hot"}, "temperature_K"),
+        ({"pixel_size_um": float("nan")}, "pixel_size_um"),
+        ({"pixel_size_um": float("inf")}, "pixel_size_um"),
+        ({"pixel_size_um": [0.1, -0.1]}, "pixel_size_um"),
+        ({"pixel_size_um": [0.1] * 4}, "pixel_size_um"),
+        ({"pixel_size_um": []}, "pixel_size_um"),
+        ({"pixel_size_um": "0.1"}, "pixel_size_um"),
+        ({"frame_interval_s": True}, "frame_interval_s"),
+        ({"frame_interval_s": 0}, "frame_interval_s"),
+        ({"exposure_s": -1}, "exposure_s"),
+        ({"viscosity_Pa_s": float("inf")}, "viscosity_Pa_s"),
+        ({"gain": {"stage": [1, float("nan")]}}, "gain.stage[1]"),
+    ],
+)
+def test_bad_metadata_names_its_key(metadata, key):
+    with pytest.raises(wire.WireError, match=f"'{key}'".replace("[", r"\[").replace(".", r"\.")) as err:
+        wire.check_metadata({"pixel_size_um": 0.1, "frame_interval_s": 0.01, **metadata})
+    assert err.value.reason == "metadata"
+
+
+def test_good_metadata_passes():
+    good = {"pixel_size_um": [0.5, np.float32(0.1), 0.1], "frame_interval_s": 0.01, "temperature_K": 295,
+            "exposure_s": None, "source": "cam", "gain": 2}
+    assert wire.check_metadata(good) == good
+    assert wire.check_metadata({}) == {}
+    with pytest.raises(wire.WireError):
+        wire.check_metadata([1, 2])

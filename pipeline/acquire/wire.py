@@ -20,12 +20,14 @@ the frame size capped by ``max_frame_bytes``. Each failure raises
 :class:`WireError` carrying a short ``reason`` under which the receiver counts
 the rejection.
 
-A header is hostile input: its size is capped before it is parsed, JSON's
-non-standard ``NaN``/``Infinity``, floats that overflow to infinity and
-integers longer than any int64 are refused while parsing (so neither
-``float()`` nor Python's int-string limit can fail later), nesting too deep
-for the parser is a rejection, not a crash, and sequence numbers must fit in
-an int64. The start message's metadata is checked by :func:`check_metadata`.
+A header is hostile input: its size is capped before it is parsed, integers
+longer than any int64 are refused while parsing (so neither ``float()`` nor
+Python's int-string limit can fail later), nesting too deep for the parser is
+a rejection, not a crash, and sequence numbers must fit in an int64. JSON's
+non-standard ``NaN``/``Infinity`` and floats that overflow parse as
+non-finite floats, so that the check of the key holding one can name it:
+``t`` must be finite (or null), and :func:`check_metadata` refuses any
+non-finite number in a start message's metadata.
 """
 
 from __future__ import annotations
@@ -185,17 +187,6 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise WireError("header", f"number {text[:20]}... overflows a float")
-    return value
-
-
-def _parse_constant(text: str) -> float:
-    raise WireError("header", f"{text} is not JSON (send null for a missing time stamp)")
-
-
 def decode_header(data: bytes | memoryview) -> dict:
     """Parse a JSON header.
 
@@ -207,24 +198,19 @@ def decode_header(data: bytes | memoryview) -> dict:
     Returns
     -------
     dict
-        The header; every number in it is finite and every integer fits in
-        20 characters.
+        The header; every integer in it fits in 20 characters (floats may
+        be non-finite: the checks of their keys refuse them).
 
     Raises
     ------
     WireError
-        Reason ``header``: too long, not UTF-8 JSON, ``NaN``/``Infinity``, an
-        overflowing number, nested too deep, or not a JSON object.
+        Reason ``header``: too long, not UTF-8 JSON, an integer of more than
+        20 characters, nested too deep, or not a JSON object.
     """
     if len(data) > MAX_HEADER_BYTES:
         raise WireError("header", f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(
-            bytes(data).decode("utf-8"),
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=_parse_constant,
-        )
+        header = json.loads(bytes(data).decode("utf-8"), parse_int=_parse_int)
     except WireError:
         raise
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
@@ -361,4 +347,14 @@ def check_metadata(metadata: Any, where: str = "start message") -> dict:
                 f"{where}: 'pixel_size_um' must be a positive finite number or a list of 1 to 3 of them "
                 f"(one per axis), got {_short(pixel)}",
             )
+    # the other keys are stored as given: JSON has no NaN or infinity
+    todo: list[tuple[str, Any]] = list(metadata.items())
+    while todo:  # not recursive: a parsed header may nest as deep as the parser allowed
+        key, value = todo.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WireError("metadata", f"{where}: '{key}' holds {value!r}, which JSON cannot store")
+        if isinstance(value, Mapping):
+            todo.extend((f"{key}.{k}", v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            todo.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
     return dict(metadata)
