@@ -61,8 +61,12 @@ def test_store_is_ngff_05_with_physical_scale(tmp_path, frames):
     codecs = json.loads((tmp_path / "m.ome.zarr" / "0" / "zarr.json").read_text())["codecs"]
     inner = codecs[0]["configuration"]["codecs"]
     assert codecs[0]["name"] == "sharding_indexed"
-    assert inner[-1]["configuration"]["cname"] == "lz4"
-    assert inner[-1]["configuration"]["shuffle"] == "bitshuffle"
+    # each chunk (frame): bytes, then Blosc, then its own CRC-32C
+    assert [c["name"] for c in inner] == ["bytes", "blosc", "crc32c"]
+    blosc = inner[1]
+    assert blosc["configuration"]["cname"] == "lz4"
+    assert blosc["configuration"]["shuffle"] == "bitshuffle"
+    assert [c["name"] for c in codecs[0]["configuration"]["index_codecs"]] == ["bytes", "crc32c"]
 
 
 def test_gaps_are_recorded_as_dropped_with_timestamps(tmp_path):

@@ -285,11 +285,11 @@ class MovieWriter:
         if self._error is not None:
             raise MovieError(f"{self.path}: writing failed: {self._error}") from self._error
 
-    def _encode(self, arr: np.ndarray) -> bytes:
+    def _encode(self, arr: np.ndarray) -> tuple[bytes, bytes]:
         t = time.perf_counter()
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        out = self._codec.encode(np.ascontiguousarray(arr))
+        out = _shards.encode_chunk(self._codec, np.ascontiguousarray(arr))
         self.seconds_compressing += time.perf_counter() - t
         return out
 
@@ -317,7 +317,7 @@ class MovieWriter:
 
     def _write_shard(self, shard_id: int, entries, timestamps: dict[int, float]) -> None:
         S = self.frames_per_shard
-        chunks: list[bytes | None] = [None] * S
+        chunks: list[tuple[bytes, bytes] | None] = [None] * S
         for pos, fut in entries:
             chunks[pos] = fut.result()
         t = time.perf_counter()
@@ -419,7 +419,7 @@ def create_movie(
     frames_per_shard = _shards_for(int(np.prod(frame_shape)) * dtype.itemsize, frames_per_shard)
 
     import zarr
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     scale = [float(frame_interval_s), *pixel.tolist()]
     attrs = {
@@ -439,14 +439,16 @@ def create_movie(
             "trackflow": attrs,
         },
     )
-    # the image's compressor must match _shards.frame_codec, which encodes the frames
+    # the image's codecs must match _shards.encode_chunk, which encodes the
+    # frames: Blosc as _shards.frame_codec, then a CRC-32C of each chunk that
+    # zarr verifies on every read
     root.create_array(
         IMAGE_PATH,
         shape=(0, *frame_shape),
         chunks=(1, *frame_shape),
         shards=(frames_per_shard, *frame_shape),
         dtype=dtype,
-        compressors=BloscCodec(cname="lz4", clevel=int(clevel), shuffle="bitshuffle"),
+        compressors=[BloscCodec(cname="lz4", clevel=int(clevel), shuffle="bitshuffle"), Crc32cCodec()],
         fill_value=0,
         dimension_names=list(axes),
     )
