@@ -284,6 +284,35 @@ def _register_preview(sub: Any) -> None:
 
     p.set_defaults(func=run_preview)
 
+@command
+def _register_check(sub: Any) -> None:
+    p = sub.add_parser(
+        "check",
+        help="verify a movie store: every chunk's checksum, the shard indexes, metadata, timestamps",
+        description="Decode every frame of STORE (verifying each chunk's CRC-32C), check every "
+        "shard file and its index, the OME and trackflow metadata (shape against frames_written "
+        "and dropped) and the timestamps. Prints one line per problem, naming the frame or file. "
+        "Exit 0: sound; 1: problems found; 2: STORE cannot be checked at all.",
+    )
+    p.add_argument("store", metavar="STORE", help="movie store (movie.ome.zarr)")
+
+    def run_check(args: argparse.Namespace) -> int:
+        from .io.check import check_movie
+
+        report = check_movie(args.store)
+        for line in report.problems:
+            print(f"{report.path}: {line}")
+        for line in report.notes:
+            print(f"{report.path}: note: {line}", file=sys.stderr)
+        verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        print(
+            f"{report.path}: {report.frames} frames, {report.frames_decoded} decoded; {verdict}",
+            file=sys.stderr,
+        )
+        return 0 if report.ok else 1
+
+    p.set_defaults(func=run_check)
+
 # --- locate ----------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import dask
 import pandas as pd
 
-from .io.movie import Movie, MovieError, open_movie
+from .io.movie import Movie, open_movie
 from .io.schema import check_section, section_defaults
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
     "scheduler_workers",
     "frame_ranges",
     "map_frame_chunks",
-    "read_frames",
     "validate_compute",
 ]
 
@@ -266,26 +265,11 @@ def frame_ranges(
     return list(zip(edges[:-1], edges[1:]))
 
 
-def read_frames(movie: Movie, start: int, stop: int):
-    """Frames ``start..stop-1``; a read failure names the first bad frame."""
-    try:
-        return movie.frames(start, stop)
-    except MovieError:
-        for index in range(start, stop):
-            try:
-                movie.frames(index, index + 1)
-            except MovieError as exc:
-                raise MovieError(
-                    f"{movie.path}: frame {index} cannot be read ({exc.__cause__ or exc})"
-                ) from exc
-        raise
-
-
 def _apply_to_frames(
     func: Callable[..., pd.DataFrame], path: str, start: int, stop: int, kwargs: Mapping[str, Any]
 ) -> pd.DataFrame:
     """One task: open the store, read frames ``start..stop-1``, apply ``func``."""
-    frames = read_frames(open_movie(path), start, stop)
+    frames = open_movie(path).frames(start, stop)
     return func(frames, start, **kwargs)
 
 

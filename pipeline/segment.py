@@ -42,7 +42,7 @@ import dask
 import numpy as np
 from scipy import ndimage as ndi
 
-from .compute import dask_scheduler, frame_ranges, read_frames, scheduler_workers, validate_compute
+from .compute import dask_scheduler, frame_ranges, scheduler_workers, validate_compute
 from .io.movie import Movie, MovieError, create_movie, open_movie, update_attributes
 from .io.schema import check_section, section_defaults
 
@@ -206,7 +206,7 @@ def segment_frames(
 
 def _segment_task(path: str, start: int, stop: int, skip, options: Mapping[str, Any]) -> np.ndarray:
     """One Dask task: read frames ``start..stop-1`` of the store and label them."""
-    frames = read_frames(open_movie(path), start, stop)
+    frames = open_movie(path).frames(start, stop)
     return segment_frames(frames, start, skip=skip, **options)
 
 

@@ -61,8 +61,12 @@ def test_store_is_ngff_05_with_physical_scale(tmp_path, frames):
     codecs = json.loads((tmp_path / "m.ome.zarr" / "0" / "zarr.json").read_text())["codecs"]
     inner = codecs[0]["configuration"]["codecs"]
     assert codecs[0]["name"] == "sharding_indexed"
-    assert inner[-1]["configuration"]["cname"] == "lz4"
-    assert inner[-1]["configuration"]["shuffle"] == "bitshuffle"
+    # each chunk (frame): bytes, then Blosc, then its own CRC-32C
+    assert [c["name"] for c in inner] == ["bytes", "blosc", "crc32c"]
+    blosc = inner[1]
+    assert blosc["configuration"]["cname"] == "lz4"
+    assert blosc["configuration"]["shuffle"] == "bitshuffle"
+    assert [c["name"] for c in codecs[0]["configuration"]["index_codecs"]] == ["bytes", "crc32c"]
 
 
 def test_gaps_are_recorded_as_dropped_with_timestamps(tmp_path):
@@ -235,3 +239,93 @@ def test_water_viscosity_and_stokes_einstein():
     assert stokes_einstein_diameter(D, 298.15, 0.89e-3) == pytest.approx(100.0)
     with pytest.raises(ValueError, match="temperature_K"):
         water_viscosity(25.0)
+
+
+def _flip(path, offset, n=3):
+    data = bytearray(path.read_bytes())
+    for i in range(offset, offset + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_is_an_error_naming_the_frame(tmp_path, frames):
+    """Three bytes flipped inside a frame's compressed data used to decode into
+    wrong pixels silently; the chunk's CRC-32C makes it an error naming the frame."""
+    path = tmp_path / "f.ome.zarr"
+    write_movie(path, frames, frames_per_shard=8)
+    shard = path / "0" / "c" / "1" / "0" / "0"
+    index = np.frombuffer(shard.read_bytes()[-(16 * 8 + 4) : -4], dtype="<u8").reshape(8, 2)
+    _flip(shard, int(index[3, 0]) + int(index[3, 1]) // 2)  # frame 8 + 3
+    movie = open_movie(path)
+    assert np.array_equal(movie.frames(0, 11), frames[:11])
+    with pytest.raises(MovieError, match=r"frame 11 cannot be read .*0/c/1/0/0.*CRC-32C") as err:
+        movie.frames()
+    assert str(path) in str(err.value)
+    with pytest.raises(MovieError, match="frame 11 cannot be read"):
+        movie[11]
+
+
+def test_stores_without_chunk_checksums_still_read(tmp_path, frames):
+    """A store written before the per-chunk CRC-32C reads by its own zarr.json."""
+    path = tmp_path / "old.ome.zarr"
+    write_movie(path, frames, frames_per_shard=8)
+    meta_path = path / "0" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    sharding = meta["codecs"][0]["configuration"]
+    sharding["codecs"] = [c for c in sharding["codecs"] if c["name"] != "crc32c"]
+    meta_path.write_text(json.dumps(meta))
+    zarr.open_array(str(path / "0"), mode="r+")[:] = frames
+    assert np.array_equal(open_movie(path).frames(), frames)
+
+
+def test_a_missing_shard_is_an_error_unless_its_frames_were_dropped(tmp_path, frames):
+    path = tmp_path / "d.ome.zarr"
+    write_movie(path, frames, frames_per_shard=8)
+    shard = path / "0" / "c" / "1" / "0" / "0"
+    shard.unlink()
+    movie = open_movie(path)
+    assert movie.complete and movie.attrs["dropped"] == []
+    assert np.array_equal(movie.frames(16, 23), frames[16:])
+    with pytest.raises(MovieError, match=rf"frame 8 cannot be read \({shard}; .*\): its shard file is missing"):
+        movie.frames()
+    with pytest.raises(MovieError, match="frame 12 cannot be read"):
+        movie[12]
+    # a shard whose frames were all dropped was never written: it reads as empty
+    writer = create_movie(tmp_path / "g.ome.zarr", (8, 8), "uint8", frames_per_shard=3)
+    for i in (0, 1, 4, 5):
+        writer.write(i, np.full((8, 8), i + 1, np.uint8))
+    writer.close(n_frames=9)
+    gaps = open_movie(tmp_path / "g.ome.zarr")
+    assert not (tmp_path / "g.ome.zarr" / "0" / "c" / "2").exists()
+    assert gaps.frames()[:, 0, 0].tolist() == [1, 2, 0, 0, 5, 6, 0, 0, 0]
+
+
+def test_a_failed_shard_write_ends_the_shape_before_it(tmp_path, frames, monkeypatch):
+    """Finding 7: after a write failure the shape counted frames never written,
+    and they read as zeros. Now the shape ends with the last shard on disk and
+    ``write_error`` says why."""
+    from pipeline.io import _shards
+
+    real = _shards.write_shard
+    calls = []
+
+    def fail_second(path, chunks):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(path, chunks)
+
+    monkeypatch.setattr(_shards, "write_shard", fail_second)
+    path = tmp_path / "w.ome.zarr"
+    writer = create_movie(path, frames.shape[1:], frames.dtype, frames_per_shard=4)
+    with pytest.raises(MovieError, match="No space left"):
+        try:  # the failure surfaces at a later write or at the close
+            for i, frame in enumerate(frames):
+                writer.write(i, frame)
+        finally:
+            writer.close(n_frames=30)
+    movie = open_movie(path)
+    assert not movie.complete
+    assert len(movie) == 4 and movie.attrs["frames_written"] == 4 and movie.attrs["dropped"] == []
+    assert "No space left on device" in movie.attrs["write_error"]
+    assert np.array_equal(movie.frames(), frames[:4])

@@ -1,11 +1,14 @@
 """Zarr v3 shards of whole frames, encoded by hand for the movie writer.
 
-A shard file of the ``sharding_indexed`` codec is the compressed chunks one
+A shard file of the ``sharding_indexed`` codec is the encoded chunks one
 after another, then the index (``(offset, nbytes)`` as little-endian uint64
-per chunk, ``2**64 - 1`` twice for an absent chunk) and its CRC-32C. The
-movie's chunks are whole frames, so zarr's Morton order of the chunks in a
-shard is plain frame order. ``tests/test_io.py`` checks these bytes against
-the shard zarr itself writes for the same frames.
+per chunk, ``2**64 - 1`` twice for an absent chunk) and its CRC-32C. Each
+chunk is the frame's Blosc bytes followed by their own CRC-32C (the chunk
+codecs ``[bytes, blosc, crc32c]``), so zarr verifies every frame it decodes
+and a flipped byte is an error rather than wrong pixels. The movie's chunks
+are whole frames, so zarr's Morton order of the chunks in a shard is plain
+frame order. ``tests/test_io.py`` checks these bytes against the shard zarr
+itself writes for the same frames.
 
 Why not through zarr (measured with zarr 3.1.6 on 2048 x 2048 uint16
 simulated frames, 8 per shard, 2 cores):
@@ -37,6 +40,7 @@ import numpy as np
 from .files import atomic_path
 
 _ABSENT = np.uint64(2**64 - 1)
+CHECKSUM_BYTES = 4
 
 
 def frame_codec(clevel: int) -> numcodecs.Blosc:
@@ -48,13 +52,38 @@ def frame_codec(clevel: int) -> numcodecs.Blosc:
     return numcodecs.Blosc(cname="lz4", clevel=int(clevel), shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0)
 
 
-def shard_index(chunks: Sequence[bytes | None]) -> bytes:
+def checksum(data: bytes) -> bytes:
+    """The CRC-32C of ``data`` as zarr's ``crc32c`` codec appends it (4 bytes, little-endian)."""
+    return google_crc32c.value(data).to_bytes(CHECKSUM_BYTES, "little")
+
+
+def encode_chunk(codec: numcodecs.Blosc, frame: np.ndarray) -> tuple[bytes, bytes]:
+    """One frame as a stored chunk: its Blosc bytes and their CRC-32C.
+
+    The two parts stay separate so that the compressed frame (megabytes) is
+    never copied to append four bytes; :func:`write_shard` writes them one
+    after the other, which is the chunk zarr's codecs ``[bytes, blosc,
+    crc32c]`` make.
+
+    Parameters
+    ----------
+    codec : numcodecs.Blosc
+        The store's compressor (:func:`frame_codec`).
+    frame : numpy.ndarray
+        C-contiguous and little-endian, as the ``bytes`` codec lays it out.
+    """
+    data = codec.encode(frame)
+    return data, checksum(data)
+
+
+def shard_index(chunks: Sequence[Sequence[bytes] | None]) -> bytes:
     """The index and its CRC-32C for ``chunks`` stored in that order.
 
     Parameters
     ----------
-    chunks : sequence of bytes or None
-        The compressed chunks of one shard by position; None where absent.
+    chunks : sequence of (sequence of bytes) or None
+        The encoded chunks of one shard by position, each as the parts
+        written one after another (:func:`encode_chunk`); None where absent.
 
     Returns
     -------
@@ -63,23 +92,73 @@ def shard_index(chunks: Sequence[bytes | None]) -> bytes:
     """
     index = np.full((len(chunks), 2), _ABSENT, dtype="<u8")
     offset = 0
-    for pos, data in enumerate(chunks):
-        if data is not None:
-            index[pos] = (offset, len(data))
-            offset += len(data)
+    for pos, parts in enumerate(chunks):
+        if parts is not None:
+            nbytes = sum(len(part) for part in parts)
+            index[pos] = (offset, nbytes)
+            offset += nbytes
     index_bytes = index.tobytes()
-    return index_bytes + google_crc32c.value(index_bytes).to_bytes(4, "little")
+    return index_bytes + checksum(index_bytes)
 
 
-def write_shard(path: Path, chunks: Sequence[bytes | None]) -> int:
+def index_nbytes(n_chunks: int) -> int:
+    """Size of the index at the end of a shard of ``n_chunks`` chunks."""
+    return 16 * n_chunks + CHECKSUM_BYTES
+
+
+def read_index(path: Path, n_chunks: int) -> np.ndarray:
+    """The ``(offset, nbytes)`` rows of a shard file's index, verified.
+
+    Parameters
+    ----------
+    path : Path
+        The shard file.
+    n_chunks : int
+        Chunks per shard (the array's shard shape over its chunk shape).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_chunks, 2)`` uint64; rows of ``2**64 - 1`` are absent chunks.
+
+    Raises
+    ------
+    ValueError
+        The file is shorter than an index, the index's CRC-32C does not
+        match, or a chunk lies outside the file.
+    """
+    size = path.stat().st_size
+    n_index = index_nbytes(n_chunks)
+    if size < n_index:
+        raise ValueError(f"{size} bytes, shorter than the {n_index}-byte shard index")
+    with open(path, "rb") as fh:
+        fh.seek(size - n_index)
+        raw = fh.read(n_index)
+    if checksum(raw[:-CHECKSUM_BYTES]) != raw[-CHECKSUM_BYTES:]:
+        raise ValueError("the shard index's CRC-32C does not match")
+    index = np.frombuffer(raw[:-CHECKSUM_BYTES], dtype="<u8").reshape(n_chunks, 2)
+    present = ~absent(index)
+    ends = index[present, 0] + index[present, 1]
+    if ends.size and int(ends.max()) > size - n_index:
+        raise ValueError("a chunk of the shard index lies past the chunk data")
+    return index
+
+
+def absent(index: np.ndarray) -> np.ndarray:
+    """Which rows of a shard index (:func:`read_index`) are absent chunks."""
+    return (index[:, 0] == _ABSENT) & (index[:, 1] == _ABSENT)
+
+
+def write_shard(path: Path, chunks: Sequence[Sequence[bytes] | None]) -> int:
     """Write one shard file, whole and atomically.
 
     Parameters
     ----------
     path : Path
         The shard's key under the array (``0/c/<shard>/0/0``); parents are made.
-    chunks : sequence of bytes or None
-        The compressed chunks by position; None where absent.
+    chunks : sequence of (sequence of bytes) or None
+        The encoded chunks by position, each as its parts
+        (:func:`encode_chunk`); None where absent.
 
     Returns
     -------
@@ -87,9 +166,9 @@ def write_shard(path: Path, chunks: Sequence[bytes | None]) -> int:
         Bytes of chunk data written (without the index).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    present = [data for data in chunks if data is not None]
+    parts = [part for chunk in chunks if chunk is not None for part in chunk]
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        for data in present:
-            fh.write(data)
+        for part in parts:
+            fh.write(part)
         fh.write(shard_index(chunks))
-    return sum(len(data) for data in present)
+    return sum(len(part) for part in parts)

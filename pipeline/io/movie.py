@@ -22,6 +22,19 @@ updated after every shard by atomic JSON replacement, so a writer killed at
 any moment leaves a store that opens and holds every shard written so far,
 with ``complete: false``. Later edits of the attributes go through
 :func:`update_attributes`, atomic too.
+
+A shard that cannot be written (a full disk, a permission, an I/O error)
+stops the writer: no later shard is written, and the store is closed with the
+shape ending after the last shard that reached disk, ``complete: false`` and
+``write_error`` saying why. The frames received after that point are not in
+the store at all (they are not listed as dropped: they arrived, and the time
+axis simply ends earlier), so every frame within the shape is either on disk
+or listed in ``dropped``.
+
+Every chunk carries a CRC-32C that zarr verifies when it decodes it; a frame
+whose bytes changed, or one the store claims (not in ``dropped``) whose shard
+file is gone, is a :class:`MovieError` naming the frame and the file when read.
+:func:`pipeline.io.check.check_movie` verifies a whole store.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -269,8 +283,14 @@ class MovieWriter:
             self._writer.join()
         finally:
             self._pool.shutdown(wait=True)
-        total = max(len(self._written_mask), int(n_frames or 0))
-        self._written_mask.extend([False] * (total - len(self._written_mask)))
+        if self._error is None:
+            total = max(len(self._written_mask), int(n_frames or 0))
+            self._written_mask.extend([False] * (total - len(self._written_mask)))
+        else:
+            # the shape ends with the last shard on disk: frames queued after a
+            # failed write would otherwise read as real (zero) frames
+            total = self._on_disk_until
+            self._extra_attrs["write_error"] = f"{type(self._error).__name__}: {self._error}"
         self._publish(total, complete=bool(complete) and self._error is None)
         self._raise_if_failed()
 
@@ -285,11 +305,11 @@ class MovieWriter:
         if self._error is not None:
             raise MovieError(f"{self.path}: writing failed: {self._error}") from self._error
 
-    def _encode(self, arr: np.ndarray) -> bytes:
+    def _encode(self, arr: np.ndarray) -> tuple[bytes, bytes]:
         t = time.perf_counter()
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        out = self._codec.encode(np.ascontiguousarray(arr))
+        out = _shards.encode_chunk(self._codec, np.ascontiguousarray(arr))
         self.seconds_compressing += time.perf_counter() - t
         return out
 
@@ -317,7 +337,7 @@ class MovieWriter:
 
     def _write_shard(self, shard_id: int, entries, timestamps: dict[int, float]) -> None:
         S = self.frames_per_shard
-        chunks: list[bytes | None] = [None] * S
+        chunks: list[tuple[bytes, bytes] | None] = [None] * S
         for pos, fut in entries:
             chunks[pos] = fut.result()
         t = time.perf_counter()
@@ -341,7 +361,6 @@ class MovieWriter:
         n_written = self._n_written if n_written is None else n_written
         with self._lock:
             n_frames = max(n_frames, self._on_disk_until)
-            self._on_disk_until = n_frames
             for sub, shape in (
                 (IMAGE_PATH, [n_frames, *self.frame_shape]),
                 (TIMESTAMPS_PATH, [n_frames]),
@@ -350,6 +369,8 @@ class MovieWriter:
                 meta = _read_json(meta_path)
                 meta["shape"] = shape
                 _write_json(meta_path, meta)
+            # only a shape that reached disk counts (close after a failure publishes it again)
+            self._on_disk_until = n_frames
             mask = self._written_mask[:n_frames]
             dropped = [self.first_seq + i for i, ok in enumerate(mask) if not ok]
             attrs = {
@@ -419,7 +440,7 @@ def create_movie(
     frames_per_shard = _shards_for(int(np.prod(frame_shape)) * dtype.itemsize, frames_per_shard)
 
     import zarr
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     scale = [float(frame_interval_s), *pixel.tolist()]
     attrs = {
@@ -439,14 +460,16 @@ def create_movie(
             "trackflow": attrs,
         },
     )
-    # the image's compressor must match _shards.frame_codec, which encodes the frames
+    # the image's codecs must match _shards.encode_chunk, which encodes the
+    # frames: Blosc as _shards.frame_codec, then a CRC-32C of each chunk that
+    # zarr verifies on every read
     root.create_array(
         IMAGE_PATH,
         shape=(0, *frame_shape),
         chunks=(1, *frame_shape),
         shards=(frames_per_shard, *frame_shape),
         dtype=dtype,
-        compressors=BloscCodec(cname="lz4", clevel=int(clevel), shuffle="bitshuffle"),
+        compressors=[BloscCodec(cname="lz4", clevel=int(clevel), shuffle="bitshuffle"), Crc32cCodec()],
         fill_value=0,
         dimension_names=list(axes),
     )
@@ -598,6 +621,11 @@ class Movie:
         first = int(self.attrs.get("first_seq", 0))
         return np.asarray(self.attrs.get("dropped", []), dtype=np.int64) - first
 
+    @cached_property
+    def _dropped(self) -> frozenset:
+        # a set: membership is asked once per frame read
+        return frozenset(self.dropped_frames.tolist())
+
     def metadata(self, key: str, default: Any = None, *, required: bool = False) -> Any:
         """One acquisition metadata value; ``required`` raises naming the key."""
         if key in self.attrs and self.attrs[key] is not None:
@@ -613,13 +641,87 @@ class Movie:
             return np.full(len(self), np.nan)
 
     # frames ---------------------------------------------------------------
+    def shard_file(self, shard: int) -> Path:
+        """The file of shard ``shard`` (frames ``shard * frames_per_shard`` on)."""
+        key = self.array.metadata.encode_chunk_key((int(shard),) + (0,) * self.ndim)
+        return self.path / self.array.path / key
+
+    def _shard_files(self, start: int, stop: int) -> Iterator[tuple[int, Path, range]]:
+        """Per shard touched by frames ``start..stop-1``: its number, file and those frames."""
+        S = self.frames_per_shard
+        for shard in range(start // S, (stop - 1) // S + 1):
+            yield shard, self.shard_file(shard), range(max(start, shard * S), min(stop, (shard + 1) * S))
+
+    def _check_present(self, start: int, stop: int) -> None:
+        """Raise if a frame the store claims (not dropped) has no data on disk.
+
+        zarr reads a missing shard file, or a chunk its index lists as
+        absent, as fill values: a deleted shard would pass for zero frames.
+        Only stores of the trackflow writer (``frames_written`` in the
+        metadata) are held to this: the writer stores every frame it
+        received, whereas zarr itself leaves all-zero chunks out.
+        """
+        if "frames_written" not in self.attrs:
+            return
+        for shard, path, frames in self._shard_files(start, stop):
+            claimed = [i for i in frames if i not in self._dropped]
+            if not claimed:
+                continue
+            if not path.is_file():
+                raise self._unreadable(
+                    claimed[0], start, stop,
+                    f"its shard file is missing, and frames {claimed[0]}..{claimed[-1]} are not listed as dropped",
+                )
+            try:
+                index = _shards.read_index(path, self.frames_per_shard)
+            except (OSError, ValueError) as exc:
+                raise self._unreadable(claimed[0], start, stop, str(exc)) from exc
+            absent = _shards.absent(index)
+            missing = [i for i in claimed if absent[i - shard * self.frames_per_shard]]
+            if missing:
+                raise self._unreadable(
+                    missing[0], start, stop, "the shard's index has no data for it, and it is not listed as dropped"
+                )
+
+    def _unreadable(self, index: int, start: int, stop: int, reason: str) -> MovieError:
+        file = self.shard_file(index // self.frames_per_shard)
+        return MovieError(
+            f"{self.path}: frame {index} cannot be read ({file}; frames {start}..{stop - 1} requested): {reason}"
+        )
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        self._check_present(start, stop)
+        return np.asarray(self.array[start:stop])
+
     def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Frames ``start`` to ``stop`` (exclusive) as one array."""
+        """Frames ``start`` to ``stop`` (exclusive) as one array.
+
+        Raises
+        ------
+        MovieError
+            A frame cannot be read: the message names the first such frame
+            and its shard file, and says when its data fail their CRC-32C
+            (the store's bytes were changed after they were written). A frame
+            that is neither listed as dropped nor on disk is such an error,
+            not zeros.
+        """
         stop = len(self) if stop is None else min(int(stop), len(self))
-        try:
+        if stop <= start:
             return np.asarray(self.array[start:stop])
+        try:
+            return self._read(start, stop)
+        except MovieError:
+            raise
         except Exception as exc:
-            raise MovieError(f"{self.path}: cannot read frames {start}..{stop - 1}: {exc}") from exc
+            for index in range(start, stop):
+                try:
+                    self._read(index, index + 1)
+                except Exception as frame_exc:  # narrowed down to the first bad frame
+                    exc = frame_exc
+                    break
+            else:
+                index = start
+            raise self._unreadable(index, start, stop, _read_failure(exc)) from exc
 
     def __getitem__(self, index: int) -> np.ndarray:
         index = int(index)
@@ -638,6 +740,13 @@ class Movie:
             f"Movie({str(self.path)!r}, frames={len(self)}, frame_shape={self.frame_shape}, "
             f"dtype={self.dtype}, scale={self.scale})"
         )
+
+
+def _read_failure(exc: BaseException) -> str:
+    """What a zarr/numcodecs read error means, in words."""
+    if "checksum" in str(exc).lower():
+        return f"corrupt data, its CRC-32C does not match ({exc})"
+    return str(exc) or type(exc).__name__
 
 
 def open_movie(path: str | os.PathLike) -> Movie:
