@@ -713,15 +713,14 @@ class Movie:
         except MovieError:
             raise
         except Exception as exc:
-            for index in range(start, stop):
+            index, cause = start, exc
+            for i in range(start, stop):
                 try:
-                    self._read(index, index + 1)
+                    self._read(i, i + 1)
                 except Exception as frame_exc:  # narrowed down to the first bad frame
-                    exc = frame_exc
+                    index, cause = i, frame_exc
                     break
-            else:
-                index = start
-            raise self._unreadable(index, start, stop, _read_failure(exc)) from exc
+            raise self._unreadable(index, start, stop, _read_failure(cause)) from cause
 
     def __getitem__(self, index: int) -> np.ndarray:
         index = int(index)
