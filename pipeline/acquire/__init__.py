@@ -80,9 +80,10 @@ def _loopback_endpoint(transport: str) -> tuple[str, Path | None]:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler cancelling the job) unwinds like Ctrl-C, so the
-    writer is told to flush and the store is left readable."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler cancelling the job) and SIGHUP (the terminal or
+    ssh session closed) unwind like Ctrl-C, so the writer is told to flush
+    and the store is left readable."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -90,11 +91,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    signals = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig]
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def acquire(
@@ -123,7 +126,8 @@ def acquire(
     output : path-like
         The movie store (``movie.ome.zarr``).
     frames : int, optional
-        Stop after this many frames.
+        Stop after this many frames. A simulated source given as a dict
+        without ``n_frames`` simulates this many (not its default 100).
     duration_s : float, optional
         Stop after this many seconds.
     endpoint : str, optional
@@ -152,6 +156,10 @@ def acquire(
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+    if isinstance(source, Mapping) and source.get("kind") == "simulated" and frames is not None:
+        # --frames is how many frames the user wants: the simulator's own
+        # n_frames default (100) must not cut the stream short without a word
+        source = {"n_frames": int(frames), **source}
     camera = open_source(source) if isinstance(source, Mapping) else source
     if not isinstance(camera, Camera):
         raise ValueError(f"source must be a source dict or a Camera (open/settings/frames/close), got {source!r}")
@@ -193,7 +201,7 @@ def acquire(
                 settings["rate_fps"],
                 buffer_frames=settings["camera_buffer_frames"],
             )
-        with _sigterm_as_interrupt():
+        with _signals_as_interrupt():
             try:
                 publish(
                     stream,

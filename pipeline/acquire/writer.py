@@ -9,8 +9,9 @@ sequence number ``first_seq + i``; a gap in ``seq`` is a dropped frame.
 Bad messages never stop the stream: each is logged and counted by reason
 (``rejected`` in the store's metadata). The stream ends cleanly with an end
 message (``complete: true``); it is *interrupted* when no message arrives for
-``timeout_s`` (the publisher died), or on SIGINT / SIGTERM: then what was
-received is flushed and the store says ``complete: false``. A writer killed
+``timeout_s`` (the publisher died), on SIGINT / SIGTERM / SIGHUP, or when
+the progress line's output goes away: then what was received is flushed, the
+store says ``complete: false`` and ``interrupted`` says why. A writer killed
 outright leaves the shards that reached disk, readable.
 
 :class:`WriterProcess` runs :func:`record` in its own process (the default
@@ -325,10 +326,14 @@ class StreamReceiver:
         update_attributes(self.output, {"trackflow": {"stream": stats}})
         return open_movie(self.output)
 
-    def abort(self) -> None:
-        """Close after an error: keep what was received, ``complete: false``."""
+    def abort(self, reason: str) -> None:
+        """Close after an error: keep what was received, ``complete: false``,
+        ``reason`` recorded as ``interrupted``."""
         if self.writer is not None:
             try:
+                self.writer.set_attributes(
+                    frames_received=self.frames_received, rejected=dict(self.rejected), interrupted=reason
+                )
                 self.writer.close(complete=False)
             except Exception as exc:  # the original error matters more
                 log.error("%s: closing after an error failed too: %s", self.output, exc)
@@ -351,6 +356,17 @@ class _Progress:
         self.t_last = time.perf_counter()
         self.frames_last = 0
         self.bytes_last = 0
+        self.lost: str | None = None  # why the output went away (a closed pipe, a hung-up terminal)
+
+    def _write(self, text: str) -> None:
+        if self.lost is not None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: the stream object was closed
+            # the receive loop sees this and closes the store instead of dying on it
+            self.lost = f"the progress output was closed ({type(exc).__name__})"
 
     def update(self, force: bool = False, overall: bool = False) -> None:
         now = time.perf_counter()
@@ -371,20 +387,22 @@ class _Progress:
             f"acquire: {r.frames_received}{total} frames  {fps:6.1f} fps  {mbps:7.1f} MB/s  "
             f"dropped {r.dropped}" + (f"  rejected {rejected}" if rejected else "")
         )
-        self.stream.write(("\r" + line + "   ") if self.tty else line + "\n")
-        self.stream.flush()
+        self._write(("\r" + line + "   ") if self.tty else line + "\n")
         self.t_last, self.frames_last, self.bytes_last = now, r.frames_received, r.bytes_received
 
     def done(self) -> None:
         self.update(force=True, overall=True)
         if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
+
+
+# SIGHUP too: a closed terminal or ssh session must not lose the buffered frames
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _StopOnSignal:
-    """Turn SIGINT/SIGTERM into a flag (main thread only), so the receive
-    loop can flush and close the store instead of dying mid-write."""
+    """Turn SIGINT/SIGTERM/SIGHUP into a flag (main thread only), so the
+    receive loop can flush and close the store instead of dying mid-write."""
 
     def __init__(self):
         self.signal: int | None = None
@@ -392,7 +410,7 @@ class _StopOnSignal:
 
     def __enter__(self) -> "_StopOnSignal":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in _STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -531,6 +549,9 @@ def record(
                     began = True
                     if meter is not None:
                         meter.update()
+                        if meter.lost:
+                            interrupted = meter.lost
+                            break
                     continue
                 wait = timeout_s if began else start_timeout_s
                 if wait is not None and time.perf_counter() - t_message > wait:
@@ -538,8 +559,8 @@ def record(
                     break
             if interrupted:
                 log.warning("%s: stream interrupted: %s", output, interrupted)
-        except BaseException:
-            receiver.abort()
+        except BaseException as exc:
+            receiver.abort(f"{type(exc).__name__}: {exc}")
             raise
         finally:
             sock.close(linger=0)
