@@ -301,3 +301,32 @@ def test_cli_acquire_simulated_frames_sets_the_length(tmp_path):
     assert proc.returncode == 0, err
     movie = open_movie(tmp_path / "s.ome.zarr")
     assert movie.complete and len(movie) == 120 and movie.attrs["frames_expected"] == 120
+
+
+def test_publish_says_the_writer_is_gone_within_its_send_timeout(tmp_path):
+    """A bare publish() (no ``alive`` check) to a writer killed mid-stream
+    raises within its send timeout, saying the writer is gone."""
+    from pipeline.acquire import StreamError
+    from pipeline.acquire.stream import DEFAULT_SEND_TIMEOUT_S
+
+    assert DEFAULT_SEND_TIMEOUT_S == 30  # publish() never blocks forever by default
+    output = tmp_path / "g.ome.zarr"
+    writer = WriterProcess("tcp://127.0.0.1:*", output, frames_per_shard=4, timeout_s=30)
+    raised_at = []
+
+    def frames():
+        frame = _stream(1, shape=(64, 64))[0]
+        for i in range(100000):
+            if i == 5:
+                wait_for(lambda: frames_on_disk(output) >= 4)
+                os.kill(writer.pid, signal.SIGKILL)
+                writer.wait(30)
+                raised_at.append(time.monotonic())
+            yield frame
+
+    try:
+        with pytest.raises(StreamError, match="writer at tcp://127.0.0.1:.* is gone"):
+            publish(frames(), writer.endpoint, metadata=META, send_timeout_s=2)
+    finally:
+        writer.terminate()
+    assert time.monotonic() - raised_at[0] < 2 + 5  # the timeout, plus the frames the socket still queued

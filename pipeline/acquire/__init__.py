@@ -214,6 +214,7 @@ def acquire(
                     pub_endpoint=pub_endpoint,
                     hwm=settings["hwm"],
                     alive=writer.alive,
+                    send_timeout_s=settings["send_timeout_s"],
                 )
             except StreamError:
                 writer.wait()

@@ -24,12 +24,14 @@ from ..io.schema import section_defaults
 from . import wire
 from .camera import CameraFrame
 
-__all__ = ["Publisher", "PublishStats", "StreamError", "publish", "DEFAULT_HWM", "PUB_HWM"]
+__all__ = ["Publisher", "PublishStats", "StreamError", "publish", "DEFAULT_HWM", "DEFAULT_SEND_TIMEOUT_S", "PUB_HWM"]
 
 log = logging.getLogger("trackflow.acquire")
 
 #: Frames queued on each side of the lossless socket (the ``acquire.hwm`` default).
 DEFAULT_HWM = section_defaults("acquire")["hwm"]
+#: How long a send may block before the writer counts as gone (``acquire.send_timeout_s``).
+DEFAULT_SEND_TIMEOUT_S = section_defaults("acquire")["send_timeout_s"]
 PUB_HWM = 2  # live viewers get the latest frames or nothing
 _SOCKET_BUFFER = 8 * 2**20  # kernel socket buffer: big frames, fewer wake-ups
 _POLL_S = 0.25  # how often a blocked send checks that the writer still runs
@@ -79,8 +81,10 @@ class Publisher:
     alive : callable, optional
         Called while a send is blocked; returning False aborts with
         :class:`StreamError` (the writer process died).
-    send_timeout_s : float, optional
-        Give up (StreamError) when a send blocks this long; default: never.
+    send_timeout_s : float or None
+        Give up (:class:`StreamError`) when a send blocks this long: no
+        writer took the message (default ``acquire.send_timeout_s``; None
+        waits forever).
     """
 
     def __init__(
@@ -91,7 +95,7 @@ class Publisher:
         pub_endpoint: str | None = None,
         hwm: int = DEFAULT_HWM,
         alive: Callable[[], bool] | None = None,
-        send_timeout_s: float | None = None,
+        send_timeout_s: float | None = DEFAULT_SEND_TIMEOUT_S,
         context: zmq.Context | None = None,
     ):
         if int(hwm) < 1:
@@ -143,7 +147,8 @@ class Publisher:
                     raise StreamError(f"the receiver at {self.endpoint} is gone (writer exited)") from None
                 if self.send_timeout_s is not None and waited >= self.send_timeout_s:
                     raise StreamError(
-                        f"no receiver took a frame at {self.endpoint} for {waited:.1f} s"
+                        f"the writer at {self.endpoint} is gone: it took no message for {waited:.1f} s "
+                        "(it exited, is stuck, or refused this publisher's keys)"
                     ) from None
 
     def start(
@@ -238,7 +243,7 @@ def publish(
     pub_endpoint: str | None = None,
     hwm: int = DEFAULT_HWM,
     alive: Callable[[], bool] | None = None,
-    send_timeout_s: float | None = None,
+    send_timeout_s: float | None = DEFAULT_SEND_TIMEOUT_S,
     end: bool = True,
     linger_s_max: float = 60.0,
 ) -> PublishStats:
