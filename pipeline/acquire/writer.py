@@ -40,6 +40,7 @@ import zmq
 from ..io.movie import Movie, MovieError, MovieWriter, create_movie, open_movie, update_attributes
 from ..physics import water_viscosity
 from . import wire
+from .security import curve_server, require_local
 from .stream import DEFAULT_HWM
 
 __all__ = ["StreamReceiver", "record", "WriterProcess", "MAX_SEQ_GAP"]
@@ -442,6 +443,8 @@ def record(
     progress_tty: bool | None = None,
     on_ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    keys: str | os.PathLike | None = None,
+    insecure: bool = False,
 ) -> Movie:
     """Receive one stream on a PULL socket and write it to a movie store.
 
@@ -449,8 +452,8 @@ def record(
     ----------
     endpoint : str
         Where to bind (``tcp://127.0.0.1:5555``; ``tcp://127.0.0.1:*`` picks a
-        free port; ``ipc:///path``). Bind a non-loopback address only on
-        purpose: anyone who can reach it can send frames.
+        free port; ``ipc:///path``, its socket file made owner-only). A
+        non-loopback address needs ``keys`` or ``insecure``.
     output : path-like
         The movie store to write.
     overwrite : bool
@@ -484,6 +487,13 @@ def record(
         Called with the bound endpoint once the socket listens.
     stop : threading.Event, optional
         Set it to stop receiving (as SIGINT does), e.g. from another thread.
+    keys : path-like, optional
+        A ``trackflow keys`` folder: the socket (any endpoint) uses CURVE and
+        admits only the client keys in its ``authorized/``; refused peers are
+        counted as ``rejected["unauthenticated"]``
+        (see :mod:`pipeline.acquire.security`).
+    insecure : bool
+        Bind a non-loopback endpoint without keys.
 
     Returns
     -------
@@ -493,6 +503,8 @@ def record(
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+    if keys is None:
+        require_local(endpoint, insecure=insecure, what="record")
     import zarr  # noqa: F401  (imported now, not while the first frames queue up)
 
     receiver = StreamReceiver(
@@ -517,15 +529,21 @@ def record(
     meter = _Progress(receiver, tty=progress_tty) if progress else None
     interrupted = None
     bound = None
+    curve = None
     # signals stay caught until the store is closed: a second one (the parent
     # terminating us after Ctrl-C) must not kill the writer mid-close
     with _StopOnSignal() as signals:
         try:
+            if keys is not None:
+                curve = curve_server(sock, keys, str(output))
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
                 raise ValueError(f"record: cannot bind the writer endpoint {endpoint}: {exc}") from None
             bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if bound.startswith("ipc://"):
+                # only this user may connect (the umask may have let others write to it)
+                os.chmod(bound[len("ipc://"):], 0o600)
             log.debug("recording %s from %s", output, bound)
             if on_ready is not None:
                 on_ready(bound)
@@ -564,6 +582,10 @@ def record(
             raise
         finally:
             sock.close(linger=0)
+            if curve is not None:
+                curve.stop()
+                if curve.refused:
+                    receiver.rejected["unauthenticated"] += curve.refused
             ctx.term()
             if bound and bound.startswith("ipc://"):
                 Path(bound[len("ipc://"):]).unlink(missing_ok=True)  # the socket file we bound
