@@ -330,3 +330,16 @@ def test_publish_says_the_writer_is_gone_within_its_send_timeout(tmp_path):
     finally:
         writer.terminate()
     assert time.monotonic() - raised_at[0] < 2 + 5  # the timeout, plus the frames the socket still queued
+
+
+def test_acquire_with_keys_records_over_curve(tmp_path):
+    """acquire(keys=...): the writer process and the publisher speak CURVE."""
+    from pipeline.acquire.security import create_keys
+
+    create_keys(tmp_path / "keys")
+    source = {"kind": "simulated", "shape": [24, 24], "n_frames": 6, "seed": 3}
+    movie = acquire(source, tmp_path / "c.ome.zarr", transport="tcp", keys=tmp_path / "keys")
+    assert movie.complete and len(movie) == 6 and not movie.attrs.get("rejected")
+    from pipeline.simulate import NTASimulator
+
+    np.testing.assert_array_equal(movie.frames(), np.stack(list(NTASimulator(shape=(24, 24), n_frames=6, seed=3).frames())))
