@@ -6,8 +6,8 @@ milliseconds; bad messages are sent with raw zmq sockets.
 
 import json
 import os
-import re
 import queue
+import re
 import threading
 import time
 
@@ -421,7 +421,7 @@ def test_trackflow_keys_writes_owner_only_files(tmp_path):
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "keys", str(tmp_path / "k")], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipeline.cli", "keys", str(tmp_path / "k")], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode == 0, out.stderr
     written = [tmp_path / "k" / name for name in ("server.key", "server.key_secret", "client.key", "client.key_secret", "authorized/client.key")]
@@ -429,6 +429,6 @@ def test_trackflow_keys_writes_owner_only_files(tmp_path):
     assert all(path.stat().st_mode & 0o777 == 0o600 for path in written)
     assert (tmp_path / "k").stat().st_mode & 0o777 == 0o700
     again = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "keys", str(tmp_path / "k")], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipeline.cli", "keys", str(tmp_path / "k")], capture_output=True, text=True, timeout=60, check=False
     )
     assert again.returncode == 2 and "exists" in again.stderr

@@ -32,7 +32,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-__all__ = ["is_local", "require_local", "create_keys", "curve_server", "curve_client", "CurveServer"]
+__all__ = ["CurveServer", "create_keys", "curve_client", "curve_server", "is_local", "require_local"]
 
 log = logging.getLogger("trackflow.acquire")
 
