@@ -156,6 +156,38 @@ def _acquire_summary(movie: Any) -> str:
     )
 
 
+def _add_security_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keys", metavar="DIR",
+        help="CURVE keys from 'trackflow keys DIR': encrypt the stream, admit only authorised publishers",
+    )
+    p.add_argument(
+        "--insecure", action="store_true",
+        help="allow binding a non-loopback address without keys (anyone who can reach it can send)",
+    )
+
+
+@command
+def _register_keys(sub: Any) -> None:
+    p = sub.add_parser(
+        "keys",
+        help="create CURVE keys for a writer and its publisher (trackflow record --keys)",
+        description="Write a writer (server) and a publisher (client) key pair into DIR, owner-only. "
+        "The writer needs server.key_secret and authorized/; the publisher needs client.key_secret "
+        "and server.key (pipeline.acquire.publish(keys=DIR)).",
+    )
+    p.add_argument("dir", metavar="DIR", help="folder for the keys (created, 0o700)")
+
+    def run_keys(args: argparse.Namespace) -> int:
+        from .acquire.security import create_keys
+
+        for path in create_keys(args.dir).values():
+            print(path)
+        return 0
+
+    p.set_defaults(func=run_keys)
+
+
 @command
 def _register_acquire(sub: Any) -> None:
     p = sub.add_parser(
@@ -183,6 +215,7 @@ def _register_acquire(sub: Any) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_security_options(p)
     add_params_options(p)
 
     def run_acquire(args: argparse.Namespace) -> int:
@@ -200,6 +233,8 @@ def _register_acquire(sub: Any) -> None:
             pub_endpoint=args.pub or params.pop("pub_endpoint", None),
             overwrite=args.overwrite,
             progress=not args.quiet,
+            keys=args.keys,
+            insecure=args.insecure,
             **params,
         )
         print(_acquire_summary(movie), file=sys.stderr)
@@ -225,6 +260,7 @@ def _register_record(sub: Any) -> None:
     p.add_argument("--run", help="accept only this run's messages")
     p.add_argument("--start-timeout", type=float, metavar="SECONDS", help="give up if no stream begins")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_security_options(p)
     add_params_options(p)
 
     def run_record(args: argparse.Namespace) -> int:
@@ -246,6 +282,8 @@ def _register_record(sub: Any) -> None:
             start_timeout_s=args.start_timeout,
             progress=not args.quiet,
             acquisition=settings,
+            keys=args.keys,
+            insecure=args.insecure,
             **{k: settings[k] for k in WRITER_KEYS},
         )
         print(_acquire_summary(movie), file=sys.stderr)

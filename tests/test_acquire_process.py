@@ -91,10 +91,11 @@ def _stream(n, shape=(32, 48)):
     return np.random.default_rng(7).integers(0, 65535, size=(n, *shape), dtype=np.uint16)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
 def test_killed_writer_leaves_a_readable_store(tmp_path, sig):
     """Kill the writer process mid-stream: the store opens, says complete
-    false, and the frames on disk are the frames sent (SIGTERM: all received)."""
+    false, and the frames on disk are the frames sent (SIGTERM, SIGHUP,
+    SIGINT: all received, the last partial shard included)."""
     output = tmp_path / "k.ome.zarr"
     frames = _stream(10)
     writer = WriterProcess("tcp://127.0.0.1:*", output, frames_per_shard=4, timeout_s=30)
@@ -116,7 +117,7 @@ def test_killed_writer_leaves_a_readable_store(tmp_path, sig):
         assert len(movie) >= 8 and movie.attrs["frames_written"] == len(movie)
     else:
         assert len(movie) == 10 and movie.attrs["frames_written"] == 10
-        assert "SIGTERM" in movie.attrs["interrupted"]
+        assert signal.Signals(sig).name in movie.attrs["interrupted"]
     np.testing.assert_array_equal(movie.frames(), frames[: len(movie)])
 
 
@@ -215,10 +216,11 @@ def test_cli_record_writes_what_a_camera_process_publishes(tmp_path):
     assert movie.pixel_size_um == (0.5, 0.5) and movie.attrs["temperature_K"] == 300
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "publisher-killed"])
+@pytest.mark.parametrize("how", ["ctrl-c", "hangup", "publisher-killed"])
 def test_interrupted_acquisition_keeps_what_arrived(tmp_path, how):
-    """Ctrl-C (SIGINT to the whole process group) or a publisher killed
-    outright: the writer flushes what it received, complete false."""
+    """Ctrl-C (SIGINT to the whole process group), a closed terminal (SIGHUP
+    to the group) or a publisher killed outright: the writer flushes what it
+    received, complete false."""
     import psutil
 
     from pipeline.simulate import NTASimulator
@@ -233,8 +235,8 @@ def test_interrupted_acquisition_keeps_what_arrived(tmp_path, how):
     try:
         wait_for(lambda: frames_on_disk(output) >= 8, timeout=60)
         (writer,) = psutil.Process(proc.pid).children()
-        if how == "ctrl-c":
-            os.killpg(proc.pid, signal.SIGINT)
+        if how in ("ctrl-c", "hangup"):
+            os.killpg(proc.pid, signal.SIGINT if how == "ctrl-c" else signal.SIGHUP)
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 130, err
         else:
@@ -247,7 +249,97 @@ def test_interrupted_acquisition_keeps_what_arrived(tmp_path, how):
     movie = open_movie(output)
     assert not movie.complete and movie.attrs["frames_expected"] == 5000
     assert len(movie) >= 8 and movie.attrs["frames_written"] == len(movie) and movie.attrs["dropped"] == []
-    reason = "signal SIGINT" if how == "ctrl-c" else "no message for 1 s"
+    reason = {"ctrl-c": "signal SIGINT", "hangup": "signal SIGHUP", "publisher-killed": "no message for 1 s"}[how]
     assert reason in movie.attrs["interrupted"]
     sim = NTASimulator(shape=(32, 32), n_frames=len(movie), seed=2)
     np.testing.assert_array_equal(movie.frames(), np.stack(list(sim.frames())))
+
+
+def test_writer_whose_progress_output_closes_keeps_what_arrived(tmp_path):
+    """``trackflow record`` whose stderr (the progress line) is a pipe closed
+    mid-run: the writer closes the store with every frame received, the
+    last partial shard included, and says why it stopped."""
+    import socket
+
+    output = tmp_path / "p.ome.zarr"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    proc = _trackflow(
+        "record", "--endpoint", endpoint, "-o", str(output), "--start-timeout", "60", "--set", "frames_per_shard=4",
+    )
+    proc.stderr.close()  # nobody reads the progress line any more
+    frames = _stream(11)
+    publisher = Publisher(endpoint, run="p", send_timeout_s=20)
+    try:
+        publisher.start(META, frames_expected=40)
+        for i in range(10):
+            publisher.send(frames[i], i, i * 0.02)
+        wait_for(lambda: frames_on_disk(output) >= 8)
+        time.sleep(5.5)  # a log's progress line is written every 5 s: the next one fails
+        publisher.send(frames[10], 10, 0.2)
+        proc.wait(30)
+    finally:
+        publisher.close(linger_s=0)
+        if proc.poll() is None:
+            proc.kill()
+    movie = open_movie(output)
+    assert not movie.complete and "progress output was closed" in movie.attrs["interrupted"]
+    assert len(movie) == 11 and movie.attrs["frames_written"] == 11 and movie.attrs["dropped"] == []
+    np.testing.assert_array_equal(movie.frames(), frames)
+
+
+def test_cli_acquire_simulated_frames_sets_the_length(tmp_path):
+    """``--frames 120`` of a simulated source without ``n_frames``: 120
+    frames, not the simulator's default 100."""
+    proc = _trackflow(
+        "acquire", "simulated", "-s", "shape=[16, 16]", "--frames", "120", "--quiet",
+        "-o", str(tmp_path / "s.ome.zarr"),
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    movie = open_movie(tmp_path / "s.ome.zarr")
+    assert movie.complete and len(movie) == 120 and movie.attrs["frames_expected"] == 120
+
+
+def test_publish_says_the_writer_is_gone_within_its_send_timeout(tmp_path):
+    """A bare publish() (no ``alive`` check) to a writer killed mid-stream
+    raises within its send timeout, saying the writer is gone."""
+    from pipeline.acquire import StreamError
+    from pipeline.acquire.stream import DEFAULT_SEND_TIMEOUT_S
+
+    assert DEFAULT_SEND_TIMEOUT_S == 30  # publish() never blocks forever by default
+    output = tmp_path / "g.ome.zarr"
+    writer = WriterProcess("tcp://127.0.0.1:*", output, frames_per_shard=4, timeout_s=30)
+    raised_at = []
+
+    def frames():
+        frame = _stream(1, shape=(64, 64))[0]
+        for i in range(100000):
+            if i == 5:
+                wait_for(lambda: frames_on_disk(output) >= 4)
+                os.kill(writer.pid, signal.SIGKILL)
+                writer.wait(30)
+                raised_at.append(time.monotonic())
+            yield frame
+
+    try:
+        with pytest.raises(StreamError, match="writer at tcp://127.0.0.1:.* is gone"):
+            publish(frames(), writer.endpoint, metadata=META, send_timeout_s=2)
+    finally:
+        writer.terminate()
+    assert time.monotonic() - raised_at[0] < 2 + 5  # the timeout, plus the frames the socket still queued
+
+
+def test_acquire_with_keys_records_over_curve(tmp_path):
+    """acquire(keys=...): the writer process and the publisher speak CURVE."""
+    from pipeline.acquire.security import create_keys
+
+    create_keys(tmp_path / "keys")
+    source = {"kind": "simulated", "shape": [24, 24], "n_frames": 6, "seed": 3}
+    movie = acquire(source, tmp_path / "c.ome.zarr", transport="tcp", keys=tmp_path / "keys")
+    assert movie.complete and len(movie) == 6 and not movie.attrs.get("rejected")
+    from pipeline.simulate import NTASimulator
+
+    np.testing.assert_array_equal(movie.frames(), np.stack(list(NTASimulator(shape=(24, 24), n_frames=6, seed=3).frames())))

@@ -5,7 +5,9 @@ milliseconds; bad messages are sent with raw zmq sockets.
 """
 
 import json
+import os
 import queue
+import re
 import threading
 import time
 
@@ -422,6 +424,92 @@ def test_a_stream_whose_only_start_is_bad_ends_with_an_error_naming_the_key(tmp_
     assert not (tmp_path / "m.ome.zarr").exists()
 
 
+# -- who may send: loopback, ipc permissions, CURVE ------------------------
+
+
+def test_non_loopback_bind_without_keys_is_an_error_naming_the_endpoint(tmp_path):
+    for endpoint in ("tcp://0.0.0.0:5999", "tcp://*:5999", "tcp://eth0:5999"):
+        with pytest.raises(ValueError, match=f"{re.escape(endpoint)} is not a loopback or ipc endpoint.*--insecure"):
+            record(endpoint, tmp_path / "m.ome.zarr", start_timeout_s=0.1)
+    with pytest.raises(ValueError, match="PUB socket: tcp://0.0.0.0:5998 is not a loopback"):
+        Publisher("tcp://127.0.0.1:5999", pub_endpoint="tcp://0.0.0.0:5998")
+    assert not (tmp_path / "m.ome.zarr").exists()
+
+
+def test_ipc_socket_is_owner_only(tmp_path):
+    from pipeline.acquire import _loopback_endpoint
+
+    endpoint, folder = _loopback_endpoint("ipc")
+    try:
+        assert folder.stat().st_mode & 0o777 == 0o700 and endpoint == f"ipc://{folder / 'writer.sock'}"
+    finally:
+        folder.rmdir()
+    modes = []
+    stop = threading.Event()
+
+    def ready(bound):  # the socket file as a peer would first find it
+        modes.append(os.stat(bound[len("ipc://"):]).st_mode)
+        stop.set()
+
+    with pytest.raises(MovieError, match="before any valid frame"):
+        record(f"ipc://{tmp_path / 'w.sock'}", tmp_path / "m.ome.zarr", start_timeout_s=10, stop=stop, on_ready=ready)
+    assert modes and modes[0] & 0o777 == 0o600
+
+
+def _curve_push(endpoint, keys, client_keypair=None):
+    """A raw PUSH socket speaking CURVE to the writer: with the given client
+    key pair (default: the authorised one)."""
+    import zmq.auth
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    public, secret = client_keypair or zmq.auth.load_certificate(keys / "client.key_secret")
+    sock.curve_publickey, sock.curve_secretkey = public, secret
+    sock.curve_serverkey = zmq.auth.load_certificate(keys / "server.key")[0]
+    sock.connect(endpoint)
+    return ctx, sock
+
+
+def test_curve_refuses_unauthenticated_senders_and_records_authenticated_ones(tmp_path):
+    from pipeline.acquire.security import create_keys
+
+    keys = tmp_path / "keys"
+    create_keys(keys)
+    rec = Recorder(tmp_path / "m.ome.zarr", keys=keys, frames_per_shard=4)  # CURVE on loopback, forced by keys
+    intruders = [raw_push(rec.endpoint), _curve_push(rec.endpoint, keys, client_keypair=zmq.curve_keypair())]
+    forged = make_frames(3, seed=9)
+    for _, sock in intruders:  # no CURVE at all, and CURVE with a key nobody authorised
+        for seq, frame in enumerate(forged):
+            sock.send_multipart(frame_parts(seq, frame, run="r"), flags=zmq.NOBLOCK)
+    time.sleep(1.0)  # the handshakes are tried and refused before the real stream
+    frames = make_frames(9)
+    stats = publish(frames, rec.endpoint, run="r", metadata=META, keys=keys, send_timeout_s=10)
+    movie = rec.join()
+    for ctx, sock in intruders:
+        sock.close()
+        ctx.term()
+    assert stats.frames_sent == 9 and movie.complete
+    np.testing.assert_array_equal(movie.frames(), frames)
+    # the CURVE intruder reached the ZAP handler and was counted; the plain one failed the handshake
+    assert movie.attrs["rejected"].get("unauthenticated", 0) >= 1
+    assert set(movie.attrs["rejected"]) == {"unauthenticated"}
+
+
+def test_publisher_without_keys_is_not_heard_by_a_curve_writer(tmp_path):
+    from pipeline.acquire import StreamError
+    from pipeline.acquire.security import create_keys
+
+    keys = tmp_path / "keys"
+    create_keys(keys)
+    rec = Recorder(tmp_path / "m.ome.zarr", keys=keys, start_timeout_s=3)
+    with pytest.raises(StreamError, match="is gone"):
+        publish(make_frames(200, shape=(256, 256)), rec.endpoint, run="r", metadata=META, send_timeout_s=1, hwm=1)
+    with pytest.raises(MovieError, match="before any valid frame"):
+        rec.join()
+    assert not (tmp_path / "m.ome.zarr").exists()
+
+
 def test_given_metadata_overrides_a_bad_start_key_and_is_checked_itself(tmp_path):
     bad_start = json.dumps({"start": True, "run": "r", "metadata": {**META, "temperature_K": "hot"}}).encode()
     rec = Recorder(tmp_path / "m.ome.zarr", metadata={"temperature_K": 300})
@@ -458,3 +546,21 @@ def test_oversize_message_of_the_sender_shows_as_dropped_frames_and_a_frames_sen
     assert 2 in movie.attrs["dropped"] and kept[:2] == [0, 1]
     np.testing.assert_array_equal(movie.frames()[kept], frames[kept])
     assert "says 6 frames were sent" in movie.attrs["frames_sent_mismatch"]
+
+
+def test_trackflow_keys_writes_owner_only_files(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "keys", str(tmp_path / "k")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    written = [tmp_path / "k" / name for name in ("server.key", "server.key_secret", "client.key", "client.key_secret", "authorized/client.key")]
+    assert sorted(out.stdout.split()) == sorted(map(str, written))
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in written)
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o700
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "keys", str(tmp_path / "k")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert again.returncode == 2 and "exists" in again.stderr

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
-import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -72,17 +72,20 @@ WRITER_KEYS = ("frames_per_shard", "clevel", "compression_threads", "hwm", "time
 
 
 def _loopback_endpoint(transport: str) -> tuple[str, Path | None]:
-    """A fresh endpoint only this run uses (concurrent jobs never collide)."""
+    """A fresh endpoint only this run uses (concurrent jobs never collide);
+    an ipc socket lies in a private (0o700) folder, so only this user can
+    connect, whatever the umask."""
     if transport == "ipc" and zmq.has("ipc"):
-        path = Path(tempfile.gettempdir()) / f"trackflow-{os.getpid()}-{uuid.uuid4().hex[:12]}.sock"
-        return f"ipc://{path}", path
+        folder = Path(tempfile.mkdtemp(prefix="trackflow-"))
+        return f"ipc://{folder / 'writer.sock'}", folder
     return "tcp://127.0.0.1:*", None
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler cancelling the job) unwinds like Ctrl-C, so the
-    writer is told to flush and the store is left readable."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler cancelling the job) and SIGHUP (the terminal or
+    ssh session closed) unwind like Ctrl-C, so the writer is told to flush
+    and the store is left readable."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -90,11 +93,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    signals = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig]
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def acquire(
@@ -108,6 +113,8 @@ def acquire(
     overwrite: bool = False,
     progress: bool = False,
     run: str | None = None,
+    keys: str | os.PathLike | None = None,
+    insecure: bool = False,
     **settings: Any,
 ) -> Movie:
     """Stream a source into a movie store, through the real sockets.
@@ -123,7 +130,8 @@ def acquire(
     output : path-like
         The movie store (``movie.ome.zarr``).
     frames : int, optional
-        Stop after this many frames.
+        Stop after this many frames. A simulated source given as a dict
+        without ``n_frames`` simulates this many (not its default 100).
     duration_s : float, optional
         Stop after this many seconds.
     endpoint : str, optional
@@ -137,6 +145,11 @@ def acquire(
         A live progress line on stderr (frames, fps, MB/s, dropped).
     run : str, optional
         Run name in the messages (default: the output's parent directory).
+    keys : path-like, optional
+        A ``trackflow keys`` folder: both ends use CURVE
+        (see :mod:`pipeline.acquire.security`).
+    insecure : bool
+        Allow a non-loopback ``endpoint`` or ``pub_endpoint`` without keys.
     **settings
         The ``acquire`` config keys (``acquire.schema.yaml``; missing keys
         take its defaults), except ``pub_endpoint``.
@@ -152,13 +165,17 @@ def acquire(
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+    if isinstance(source, Mapping) and source.get("kind") == "simulated" and frames is not None:
+        # --frames is how many frames the user wants: the simulator's own
+        # n_frames default (100) must not cut the stream short without a word
+        source = {"n_frames": int(frames), **source}
     camera = open_source(source) if isinstance(source, Mapping) else source
     if not isinstance(camera, Camera):
         raise ValueError(f"source must be a source dict or a Camera (open/settings/frames/close), got {source!r}")
     run = run or output.resolve().parent.name or "run"
-    ipc_path = None
+    ipc_dir = None
     if endpoint is None:
-        endpoint, ipc_path = _loopback_endpoint(settings["transport"])
+        endpoint, ipc_dir = _loopback_endpoint(settings["transport"])
     acquisition = {
         **{k: v for k, v in settings.items() if k != "pub_endpoint"},
         "frames": frames,
@@ -184,6 +201,8 @@ def acquire(
             progress=progress,
             acquisition=acquisition,
             start_timeout_s=settings["timeout_s"],
+            keys=None if keys is None else str(keys),
+            insecure=insecure,
             **{k: settings[k] for k in WRITER_KEYS},
         )
         stream = camera.frames()
@@ -193,7 +212,7 @@ def acquire(
                 settings["rate_fps"],
                 buffer_frames=settings["camera_buffer_frames"],
             )
-        with _sigterm_as_interrupt():
+        with _signals_as_interrupt():
             try:
                 publish(
                     stream,
@@ -206,6 +225,9 @@ def acquire(
                     pub_endpoint=pub_endpoint,
                     hwm=settings["hwm"],
                     alive=writer.alive,
+                    send_timeout_s=settings["send_timeout_s"],
+                    keys=keys,
+                    insecure=insecure,
                 )
             except StreamError:
                 writer.wait()
@@ -220,8 +242,8 @@ def acquire(
         camera.close()
         if writer is not None and writer.alive():
             writer.terminate()
-        if ipc_path is not None:
-            ipc_path.unlink(missing_ok=True)
+        if ipc_dir is not None:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
     return open_movie(output)
 
 

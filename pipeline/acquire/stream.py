@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -23,13 +24,16 @@ import zmq
 from ..io.schema import section_defaults
 from . import wire
 from .camera import CameraFrame
+from .security import curve_client, require_local
 
-__all__ = ["Publisher", "PublishStats", "StreamError", "publish", "DEFAULT_HWM", "PUB_HWM"]
+__all__ = ["Publisher", "PublishStats", "StreamError", "publish", "DEFAULT_HWM", "DEFAULT_SEND_TIMEOUT_S", "PUB_HWM"]
 
 log = logging.getLogger("trackflow.acquire")
 
 #: Frames queued on each side of the lossless socket (the ``acquire.hwm`` default).
 DEFAULT_HWM = section_defaults("acquire")["hwm"]
+#: How long a send may block before the writer counts as gone (``acquire.send_timeout_s``).
+DEFAULT_SEND_TIMEOUT_S = section_defaults("acquire")["send_timeout_s"]
 PUB_HWM = 2  # live viewers get the latest frames or nothing
 _SOCKET_BUFFER = 8 * 2**20  # kernel socket buffer: big frames, fewer wake-ups
 _POLL_S = 0.25  # how often a blocked send checks that the writer still runs
@@ -79,8 +83,16 @@ class Publisher:
     alive : callable, optional
         Called while a send is blocked; returning False aborts with
         :class:`StreamError` (the writer process died).
-    send_timeout_s : float, optional
-        Give up (StreamError) when a send blocks this long; default: never.
+    send_timeout_s : float or None
+        Give up (:class:`StreamError`) when a send blocks this long: no
+        writer took the message (default ``acquire.send_timeout_s``; None
+        waits forever).
+    keys : path-like, optional
+        A ``trackflow keys`` folder: connect with CURVE (the client key pair
+        and the writer's public key); needed when the writer uses keys.
+    insecure : bool
+        Allow a PUB socket on a non-loopback address (the live view is never
+        encrypted).
     """
 
     def __init__(
@@ -91,11 +103,15 @@ class Publisher:
         pub_endpoint: str | None = None,
         hwm: int = DEFAULT_HWM,
         alive: Callable[[], bool] | None = None,
-        send_timeout_s: float | None = None,
+        send_timeout_s: float | None = DEFAULT_SEND_TIMEOUT_S,
         context: zmq.Context | None = None,
+        keys: str | os.PathLike | None = None,
+        insecure: bool = False,
     ):
         if int(hwm) < 1:
             raise ValueError(f"hwm must be >= 1, got {hwm}")
+        if pub_endpoint:
+            require_local(pub_endpoint, insecure=insecure, what="the PUB socket")
         self.run = str(run)
         self.endpoint = endpoint
         self.alive = alive
@@ -111,10 +127,15 @@ class Publisher:
         self._push.setsockopt(zmq.RECONNECT_IVL, 20)
         self._pub = None
         try:
+            if keys is not None:
+                curve_client(self._push, keys)
             self._push.connect(endpoint)
         except zmq.ZMQError as exc:
             self.close(linger_s=0)
             raise ValueError(f"cannot connect to the writer endpoint {endpoint}: {exc}") from None
+        except ValueError:
+            self.close(linger_s=0)
+            raise
         self.pub_endpoint = None
         if pub_endpoint:
             self._pub = self._ctx.socket(zmq.PUB)
@@ -143,7 +164,8 @@ class Publisher:
                     raise StreamError(f"the receiver at {self.endpoint} is gone (writer exited)") from None
                 if self.send_timeout_s is not None and waited >= self.send_timeout_s:
                     raise StreamError(
-                        f"no receiver took a frame at {self.endpoint} for {waited:.1f} s"
+                        f"the writer at {self.endpoint} is gone: it took no message for {waited:.1f} s "
+                        "(it exited, is stuck, or refused this publisher's keys)"
                     ) from None
 
     def start(
@@ -238,9 +260,11 @@ def publish(
     pub_endpoint: str | None = None,
     hwm: int = DEFAULT_HWM,
     alive: Callable[[], bool] | None = None,
-    send_timeout_s: float | None = None,
+    send_timeout_s: float | None = DEFAULT_SEND_TIMEOUT_S,
     end: bool = True,
     linger_s_max: float = 60.0,
+    keys: str | os.PathLike | None = None,
+    insecure: bool = False,
 ) -> PublishStats:
     """Stream frames to a writer: start message, frames, end message.
 
@@ -265,7 +289,7 @@ def publish(
         Also offer the frames on a PUB socket bound here.
     hwm : int
         Frames queued on the lossless socket before sending blocks.
-    alive, send_timeout_s
+    alive, send_timeout_s, keys, insecure
         See :class:`Publisher`.
     end : bool
         Send the end message when the frames run out (False simulates a
@@ -283,7 +307,8 @@ def publish(
     if duration_s is not None and not duration_s > 0:
         raise ValueError(f"duration must be positive, got {duration_s}")
     publisher = Publisher(
-        endpoint, run=run, pub_endpoint=pub_endpoint, hwm=hwm, alive=alive, send_timeout_s=send_timeout_s
+        endpoint, run=run, pub_endpoint=pub_endpoint, hwm=hwm, alive=alive, send_timeout_s=send_timeout_s,
+        keys=keys, insecure=insecure,
     )
     clean = False
     try:

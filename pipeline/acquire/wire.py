@@ -21,7 +21,7 @@ the frame size capped by ``max_frame_bytes``. Each failure raises
 the rejection.
 
 A header is hostile input: its size is capped before it is parsed, integers
-longer than any int64 are refused while parsing (so neither ``float()`` nor
+of more than 100 digits are refused while parsing (so neither ``float()`` nor
 Python's int-string limit can fail later), nesting too deep for the parser is
 a rejection, not a crash, and sequence numbers must fit in an int64. JSON's
 non-standard ``NaN``/``Infinity`` and floats that overflow parse as
@@ -65,10 +65,11 @@ MAX_FRAME_BYTES = section_defaults("acquire")["max_frame_bytes"]
 MAX_HEADER_BYTES = 1 * 2**20  # metadata of a start message included
 #: Largest sequence number (the store lists dropped ones as int64).
 MAX_SEQ = 2**63 - 1
-# Longest integer literal a header may hold: any int64, sign included;
-# longer ones are refused before Python converts them (quadratic, and
-# limited to 4,300 digits, above which json raises).
-_MAX_INT_DIGITS = 20
+# Longest integer literal a header may hold: a 128-bit seed in a start
+# message's metadata has 39 digits; float() overflows from 309 and json
+# refuses more than 4,300 (Python's int-string limit), so longer ones are
+# refused before Python converts them.
+_MAX_INT_DIGITS = 100
 
 # Why a message was rejected (the receiver counts each, by reason).
 REJECT_REASONS = (
@@ -198,14 +199,14 @@ def decode_header(data: bytes | memoryview) -> dict:
     Returns
     -------
     dict
-        The header; every integer in it fits in 20 characters (floats may
+        The header; every integer in it has at most 100 digits (floats may
         be non-finite: the checks of their keys refuse them).
 
     Raises
     ------
     WireError
         Reason ``header``: too long, not UTF-8 JSON, an integer of more than
-        20 characters, nested too deep, or not a JSON object.
+        100 digits, nested too deep, or not a JSON object.
     """
     if len(data) > MAX_HEADER_BYTES:
         raise WireError("header", f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
@@ -248,7 +249,7 @@ def check_frame(
     if t is None:
         t = float("nan")
     elif _is_int(t) or isinstance(t, float):
-        t = float(t)  # a checked header's integers have at most 20 digits: no overflow
+        t = float(t)  # a checked header's integers have at most 100 digits: no overflow
         if not math.isfinite(t):
             raise WireError("header", f"'t' must be finite or null, got {t!r}")
     else:

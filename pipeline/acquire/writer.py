@@ -22,8 +22,9 @@ as rejected; what it can see is recorded instead: the sequence numbers that
 never arrived are listed as dropped, and the end message's ``frames_sent``
 then disagrees with the frames received. The stream ends cleanly with an end
 message (``complete: true``); it is *interrupted* when no message arrives for
-``timeout_s`` (the publisher died), or on SIGINT / SIGTERM: then what was
-received is flushed and the store says ``complete: false``. A writer killed
+``timeout_s`` (the publisher died), on SIGINT / SIGTERM / SIGHUP, or when
+the progress line's output goes away: then what was received is flushed, the
+store says ``complete: false`` and ``interrupted`` says why. A writer killed
 outright leaves the shards that reached disk, readable.
 
 :class:`WriterProcess` runs :func:`record` in its own process (the default
@@ -54,6 +55,7 @@ from ..io.schema import section_defaults
 from ..io.tables import jsonable
 from ..physics import water_viscosity
 from . import wire
+from .security import curve_server, require_local
 from .stream import DEFAULT_HWM
 
 __all__ = ["StreamReceiver", "record", "WriterProcess", "MAX_SEQ_GAP"]
@@ -66,7 +68,10 @@ _SOCKET_BUFFER = 8 * 2**20
 _POLL_MS = 200
 _LOG_FIRST = 10  # rejections logged per reason before only every 1000th is
 # Keys of the store's metadata that only the writer sets.
-_RESERVED = {"complete", "frames_written", "dropped", "first_seq", "frames_per_shard", "trackflow_version"}
+_RESERVED = {
+    "complete", "frames_written", "dropped", "first_seq", "frames_per_shard", "trackflow_version",
+    "write_error", "interrupted", "rejected", "frames_received", "frames_sent_mismatch", "stream",
+}
 
 
 def _physical_metadata(metadata: Mapping[str, Any], ndim: int, where: str) -> tuple[list[float], float, dict]:
@@ -425,10 +430,14 @@ class StreamReceiver:
             f"were received ({self.dropped} sequence numbers never arrived, {rejected} messages rejected)"
         )
 
-    def abort(self) -> None:
-        """Close after an error: keep what was received, ``complete: false``."""
+    def abort(self, reason: str) -> None:
+        """Close after an error: keep what was received, ``complete: false``,
+        ``reason`` recorded as ``interrupted``."""
         if self.writer is not None:
             try:
+                self.writer.set_attributes(
+                    frames_received=self.frames_received, rejected=dict(self.rejected), interrupted=reason
+                )
                 self.writer.close(complete=False)
             except Exception as exc:  # the original error matters more
                 log.error("%s: closing after an error failed too: %s", self.output, exc)
@@ -451,6 +460,17 @@ class _Progress:
         self.t_last = time.perf_counter()
         self.frames_last = 0
         self.bytes_last = 0
+        self.lost: str | None = None  # why the output went away (a closed pipe, a hung-up terminal)
+
+    def _write(self, text: str) -> None:
+        if self.lost is not None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: the stream object was closed
+            # the receive loop sees this and closes the store instead of dying on it
+            self.lost = f"the progress output was closed ({type(exc).__name__})"
 
     def update(self, force: bool = False, overall: bool = False) -> None:
         now = time.perf_counter()
@@ -471,20 +491,22 @@ class _Progress:
             f"acquire: {r.frames_received}{total} frames  {fps:6.1f} fps  {mbps:7.1f} MB/s  "
             f"dropped {r.dropped}" + (f"  rejected {rejected}" if rejected else "")
         )
-        self.stream.write(("\r" + line + "   ") if self.tty else line + "\n")
-        self.stream.flush()
+        self._write(("\r" + line + "   ") if self.tty else line + "\n")
         self.t_last, self.frames_last, self.bytes_last = now, r.frames_received, r.bytes_received
 
     def done(self) -> None:
         self.update(force=True, overall=True)
         if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
+
+
+# SIGHUP too: a closed terminal or ssh session must not lose the buffered frames
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _StopOnSignal:
-    """Turn SIGINT/SIGTERM into a flag (main thread only), so the receive
-    loop can flush and close the store instead of dying mid-write."""
+    """Turn SIGINT/SIGTERM/SIGHUP into a flag (main thread only), so the
+    receive loop can flush and close the store instead of dying mid-write."""
 
     def __init__(self):
         self.signal: int | None = None
@@ -492,7 +514,7 @@ class _StopOnSignal:
 
     def __enter__(self) -> "_StopOnSignal":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in _STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -525,6 +547,8 @@ def record(
     progress_tty: bool | None = None,
     on_ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    keys: str | os.PathLike | None = None,
+    insecure: bool = False,
 ) -> Movie:
     """Receive one stream on a PULL socket and write it to a movie store.
 
@@ -532,8 +556,8 @@ def record(
     ----------
     endpoint : str
         Where to bind (``tcp://127.0.0.1:5555``; ``tcp://127.0.0.1:*`` picks a
-        free port; ``ipc:///path``). Bind a non-loopback address only on
-        purpose: anyone who can reach it can send frames.
+        free port; ``ipc:///path``, its socket file made owner-only). A
+        non-loopback address needs ``keys`` or ``insecure``.
     output : path-like
         The movie store to write.
     overwrite : bool
@@ -569,6 +593,13 @@ def record(
         Called with the bound endpoint once the socket listens.
     stop : threading.Event, optional
         Set it to stop receiving (as SIGINT does), e.g. from another thread.
+    keys : path-like, optional
+        A ``trackflow keys`` folder: the socket (any endpoint) uses CURVE and
+        admits only the client keys in its ``authorized/``; refused peers are
+        counted as ``rejected["unauthenticated"]``
+        (see :mod:`pipeline.acquire.security`).
+    insecure : bool
+        Bind a non-loopback endpoint without keys.
 
     Returns
     -------
@@ -588,6 +619,8 @@ def record(
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+    if keys is None:
+        require_local(endpoint, insecure=insecure, what="record")
     import zarr  # noqa: F401  (imported now, not while the first frames queue up)
 
     receiver = StreamReceiver(
@@ -613,15 +646,21 @@ def record(
     meter = _Progress(receiver, tty=progress_tty) if progress else None
     interrupted = None
     bound = None
+    curve = None
     # signals stay caught until the store is closed: a second one (the parent
     # terminating us after Ctrl-C) must not kill the writer mid-close
     with _StopOnSignal() as signals:
         try:
+            if keys is not None:
+                curve = curve_server(sock, keys, str(output))
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
                 raise ValueError(f"record: cannot bind the writer endpoint {endpoint}: {exc}") from None
             bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if bound.startswith("ipc://"):
+                # only this user may connect (the umask may have let others write to it)
+                os.chmod(bound[len("ipc://"):], 0o600)
             log.debug("recording %s from %s", output, bound)
             if on_ready is not None:
                 on_ready(bound)
@@ -645,6 +684,9 @@ def record(
                     began = True
                     if meter is not None:
                         meter.update()
+                        if meter.lost:
+                            interrupted = meter.lost
+                            break
                     continue
                 wait = timeout_s if began else start_timeout_s
                 if wait is not None and time.perf_counter() - t_message > wait:
@@ -652,11 +694,15 @@ def record(
                     break
             if interrupted:
                 log.warning("%s: stream interrupted: %s", output, interrupted)
-        except BaseException:
-            receiver.abort()
+        except BaseException as exc:
+            receiver.abort(f"{type(exc).__name__}: {exc}")
             raise
         finally:
             sock.close(linger=0)
+            if curve is not None:
+                curve.stop()
+                if curve.refused:
+                    receiver.rejected["unauthenticated"] += curve.refused
             ctx.term()
             if bound and bound.startswith("ipc://"):
                 Path(bound[len("ipc://"):]).unlink(missing_ok=True)  # the socket file we bound
