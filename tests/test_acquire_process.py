@@ -131,7 +131,8 @@ def test_acquire_raises_when_the_writer_dies(tmp_path):
         for i, frame in enumerate(_stream(400)):
             if i == 5:
                 wait_for(lambda: frames_on_disk(output) >= 4)
-                (writer,) = psutil.Process().children()
+                # the newest child: earlier tests may have left others (pools, servers)
+                writer = max(psutil.Process().children(), key=lambda p: p.create_time())
                 writer.kill()
             yield frame
 

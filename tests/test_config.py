@@ -296,7 +296,7 @@ def test_every_key_has_a_default_and_a_description():
 def test_readme_key_tables_are_generated_from_the_schemas(capsys):
     readme = REPO / "config" / "README.md"
     assert cli_main(["config-keys", "--check", str(readme)]) == 0, "config/README.md is stale: run `make docs`"
-    stale = readme.read_text().replace("| `link.memory` | integer | `3` |", "| `link.memory` | integer | `4` |")
+    stale = readme.read_text().replace("| `link.memory` | integer ≥ 0 | `3` |", "| `link.memory` | integer ≥ 0 | `4` |")
     assert stale != readme.read_text()
     assert with_key_reference(stale) == readme.read_text()
     assert cli_main(["config-keys"]) == 0

@@ -129,7 +129,7 @@ def _validators(schema_dir: str, name: str):
     return schema, registry, filling, plain
 
 
-def _format_error(error, prefix: str) -> list[str]:
+def _format_error(error, prefix: str, defs: Mapping[str, Any]) -> list[str]:
     path = ".".join([prefix, *map(str, error.absolute_path)] if prefix else map(str, error.absolute_path))
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted((error.schema.get("properties") or {}).keys())
@@ -140,7 +140,23 @@ def _format_error(error, prefix: str) -> list[str]:
             return [f"{path}.{key}: unknown key '{key}' ({hint})" for key in unknown]
         keys = ", ".join(repr(f"{path}.{k}" if path else k) for k in unknown)
         return [f"unknown key {keys} ({hint})"]
+    if error.validator in ("oneOf", "anyOf"):
+        # "is not valid under any of the given schemas" says nothing: name what was expected
+        try:
+            expected = _type_text(error.schema, defs)
+        except KeyError:  # validating config.yaml: the $ref points into the section's own file
+            try:
+                section_defs = section_schema(str(error.absolute_path[0])).get("$defs") or {}
+                expected = _type_text(error.schema, section_defs)
+            except (IndexError, KeyError, FileNotFoundError, ConfigError):
+                return [f"{path or '(top level)'}: {error.message}"]
+        return [f"{path or '(top level)'}: {_short_repr(error.instance)} is not valid; expected {expected}"]
     return [f"{path or '(top level)'}: {error.message}"]
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def validate(instance: Any, schema_name: str, what: str | None, *, fill: bool = True, schema_dir=None,
@@ -157,7 +173,8 @@ def validate(instance: Any, schema_name: str, what: str | None, *, fill: bool = 
     errors = sorted(cls(schema, registry=registry).iter_errors(instance),
                     key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [line for error in errors for line in _format_error(error, prefix)]
+        defs = schema.get("$defs") or {}
+        lines = [line for error in errors for line in _format_error(error, prefix, defs)]
         raise ConfigError((f"{what}: " if what else "") + "; ".join(dict.fromkeys(lines)))
     return instance
 
@@ -243,7 +260,9 @@ def _type_text(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
     if isinstance(kind, list):
         return " or ".join(_type_text({**sub, "type": k}, defs) for k in kind)
     if kind == "integer" and sub.get("not") == {"multipleOf": 2}:
-        return "odd integer"
+        return "odd integer" + _range_text(sub)
+    if kind in ("number", "integer"):
+        return kind + _range_text(sub)
     if kind == "array" and isinstance(sub.get("items"), Mapping):
         return f"array of {_type_text(sub['items'], defs)}"
     if kind == "object":
@@ -253,6 +272,14 @@ def _type_text(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
             return f"mapping of {_type_text(sub['additionalProperties'], defs)}"
         return "mapping"
     return kind or "any"
+
+
+def _range_text(sub: Mapping[str, Any]) -> str:
+    """`` ≥ 1``, `` > 0``, `` in [0, 100]`` ... from a number's bounds."""
+    low = (">", sub["exclusiveMinimum"]) if "exclusiveMinimum" in sub else (("≥", sub["minimum"]) if "minimum" in sub else None)
+    high = ("<", sub["exclusiveMaximum"]) if "exclusiveMaximum" in sub else (("≤", sub["maximum"]) if "maximum" in sub else None)
+    parts = [f"{bound[0]} {bound[1]:g}" for bound in (low, high) if bound]
+    return (" " + " and ".join(parts)) if parts else ""
 
 
 def _default_text(sub: Mapping[str, Any]) -> str:
