@@ -169,11 +169,11 @@ def test_runs_columns_settings_overrides_and_kinds(tmp_path, config, monkeypatch
         "# a comment line",
         "a\tsimulated\treps\t{diameters_nm: [100], n_frames: 40, seed: 1}\t{link: {memory: 1}}",
         "b\tsimulated\treps\t{seed: 2}\t",
-        "c\tframes/*.png\t\t{channel: 1, pixel_size_um: 0.3509}\t",
-        "d\tframes\t\t\t",
-        "e\tstack.tif\t\t\t",
-        "f\told.ome.zarr/\t\t\t",
-        "g\tframes/f0.png\t\t{kind: tiff}\t",
+        "c\tframes/*.png\t\t{channel: 1, pixel_size_um: 0.3509, frame_interval_s: 0.04}\t",
+        "d\tframes\t\t{pixel_size_um: 0.1, frame_interval_s: 0.1}\t",
+        "e\tstack.tif\t\t{pixel_size_um: 0.1, frame_interval_s: 0.1}\t",
+        "f\told.ome.zarr/\t\t{pixel_size_um: 0.1, frame_interval_s: 0.1}\t",
+        "g\tframes/f0.png\t\t{kind: tiff, pixel_size_um: 0.1, frame_interval_s: 0.1}\t",
     )
     runs = {r["run"]: r for r in load_runs(path, config)}
     assert list(runs) == list("abcdefg")
@@ -187,12 +187,17 @@ def test_runs_columns_settings_overrides_and_kinds(tmp_path, config, monkeypatch
     assert source_files(runs["c"]) == [f"frames/f{i}.png" for i in range(3)]
     assert source_files(runs["d"]) == [f"frames/f{i}.png" for i in range(3)]
     assert source_files(runs["f"]) == ["old.ome.zarr"]
-    assert source_spec(runs["c"]) == {"kind": "images", "path": "frames/*.png", "channel": 1, "pixel_size_um": 0.3509}
+    assert source_spec(runs["c"]) == {
+        "kind": "images", "path": "frames/*.png", "channel": 1, "pixel_size_um": 0.3509, "frame_interval_s": 0.04
+    }
 
 
 def test_bulk_water_sequence_is_found(tmp_path, config, monkeypatch, bulk_water_dir):
     monkeypatch.chdir(REPO)  # the documented relative path is from the project directory
-    path = write_runs(tmp_path / "runs.tsv", "water\t../shared/data/bulk_water/*.png\t\t{channel: 1}\t")
+    path = write_runs(
+        tmp_path / "runs.tsv",
+        "water\t../shared/data/bulk_water/*.png\t\t{channel: 1, pixel_size_um: 0.3509, frame_interval_s: 0.041667}\t",
+    )
     (run,) = load_runs(path, config)
     files = source_files(run)
     assert len(files) == 40 and files[0].endswith("bulk_water_000.png")
@@ -212,6 +217,7 @@ def test_bulk_water_sequence_is_found(tmp_path, config, monkeypatch, bulk_water_
         ("a\t\t\t\t", ["run 'a'", "source"]),
         ("a\tmovie.avi\t\t\t", ["run 'a'", "movie.avi", "kind"]),
         ("a\tframes.tif\t\t{kind: simulated}\t", ["run 'a'", "kind"]),
+        ("a\tframes.tif\t\t{pixel_size_um: 0.1}\t", ["run 'a'", "'frame_interval_s'", "physical scale"]),
     ],
 )
 def test_bad_run_names_run_and_key(tmp_path, config, row, named):

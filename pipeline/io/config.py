@@ -182,6 +182,14 @@ def parse_runs(rows: Iterable[Mapping[str, str]], config: Mapping[str, Any], *, 
         if (kind == "simulated") != (record["source"] == "simulated"):
             raise ConfigError(f"{label}: settings.kind {kind!r} does not fit source {record['source']!r}")
         record["kind"] = kind
+        if kind != "simulated":
+            # files carry no trustworthy physical scale: say so before any job runs
+            missing = [k for k in ("pixel_size_um", "frame_interval_s") if record["settings"].get(k) is None]
+            if missing:
+                raise ConfigError(
+                    f"{label}: settings lack {', '.join(repr(k) for k in missing)} (a {kind} source carries no "
+                    "physical scale), e.g. {pixel_size_um: 0.35, frame_interval_s: 0.0417}"
+                )
         # every overridden section must still be a valid section once merged
         for section, override in record["overrides"].items():
             _validate(
