@@ -11,17 +11,17 @@ rule acquire:
         acquire_input,
     output:
         movie=directory(run_path("movie.ome.zarr")),
-    params:
-        source=acquire_source,
-        stage=section_params("acquire"),
-        version=VERSION,
-    threads: config["compute"]["threads"]
-    resources:
-        **stage_resources("acquire"),
     log:
         log_path("acquire"),
     wildcard_constraints:
         run=_alternatives(IMPORTED),
+    threads: config["compute"]["threads"]
+    resources:
+        **stage_resources("acquire"),
+    params:
+        source=acquire_source,
+        stage=section_params("acquire"),
+        version=VERSION,
     script:
         "../scripts/acquire.py"
 
@@ -30,16 +30,16 @@ rule acquire_simulated:
     output:
         movie=directory(run_path("movie.ome.zarr")),
         truth=run_path("truth.parquet"),
-    params:
-        source=acquire_source,
-        stage=section_params("acquire"),
-        version=VERSION,
-    threads: config["compute"]["threads"]
-    resources:
-        **stage_resources("acquire"),
     log:
         log_path("acquire_simulated"),
     wildcard_constraints:
         run=_alternatives(SIMULATED),
+    threads: config["compute"]["threads"]
+    resources:
+        **stage_resources("acquire"),
+    params:
+        source=acquire_source,
+        stage=section_params("acquire"),
+        version=VERSION,
     script:
         "../scripts/acquire.py"

@@ -1,5 +1,6 @@
 # Shared set-up of the workflow: validate config.yaml and runs.tsv, and the
-# helpers the rules use to name files and params.
+# helpers the rules use to name files and params (all of them here: the rule
+# files hold rules only, as `snakemake --lint` asks).
 
 import hashlib
 import json
@@ -22,7 +23,9 @@ from pipeline.io.config import (
 # given. (snakemake.utils.validate resolves the sections' relative $refs but
 # does not fill the defaults inside them, hence pipeline.io.config, which
 # reads the same schema files.)
-SCHEMAS = Path(workflow.basedir) / "schemas"
+# current_basedir (this file's directory), not workflow.basedir: used as a
+# module, the latter is the directory of the user's own Snakefile
+SCHEMAS = Path(workflow.current_basedir).parent / "schemas"
 CONFIG_FILES = " + ".join(str(f) for f in workflow.configfiles) or "config"
 config.update(validate_config(config, source=CONFIG_FILES, schema_dir=SCHEMAS))
 
@@ -85,6 +88,13 @@ def stage_resources(section):
     entry of the ``resources`` section over its ``default``."""
     wanted = {**config["resources"]["default"], **config["resources"][section]}
     return {key: wanted[key] for key in ("mem_mb", "runtime") if key in wanted}
+
+
+def link_threads(wildcards):
+    """The flow linker reads the movie's frames for its appearance terms on
+    compute.threads workers; trackpy's nearest-neighbour linker uses one core."""
+    method = stage_params(config, RUNS[wildcards.run], "link")["method"]
+    return config["compute"]["threads"] if method == "flow" else 1
 
 
 def acquire_source(wildcards):

@@ -6,13 +6,13 @@ rule locate:
         movie=run_path("movie.ome.zarr"),
     output:
         features=run_path("features.parquet"),
-    params:
-        stage=section_params("locate"),
-        version=VERSION,
+    log:
+        log_path("locate"),
     threads: config["compute"]["threads"]
     resources:
         **stage_resources("locate"),
-    log:
-        log_path("locate"),
+    params:
+        stage=section_params("locate"),
+        version=VERSION,
     script:
         "../scripts/locate.py"

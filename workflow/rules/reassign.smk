@@ -11,12 +11,12 @@ rule reassign:
     output:
         reassigned=directory(run_path("reassigned.ome.zarr")),
         objects=run_path("objects.parquet"),
+    log:
+        log_path("reassign"),
+    resources:
+        **stage_resources("reassign"),
     params:
         stage=section_params("reassign"),
         version=VERSION,
-    resources:
-        **stage_resources("reassign"),
-    log:
-        log_path("reassign"),
     script:
         "../scripts/reassign.py"

@@ -8,13 +8,13 @@ rule refine:
         features=run_path("features.parquet"),
     output:
         refined=run_path("refined.parquet"),
-    params:
-        stage=section_params("refine"),
-        version=VERSION,
+    log:
+        log_path("refine"),
     threads: config["compute"]["threads"]
     resources:
         **stage_resources("refine"),
-    log:
-        log_path("refine"),
+    params:
+        stage=section_params("refine"),
+        version=VERSION,
     script:
         "../scripts/refine.py"

@@ -9,15 +9,15 @@ rule report:
     output:
         html=report(f"{RESULTS}/report/index.html", caption="../report/index.rst", category="Report"),
         pages=[f"{RESULTS}/report/{run}.html" for run in RUNS],
+    log:
+        f"{RESULTS}/logs/report/report.log",
+    resources:
+        **stage_resources("report"),
     params:
         runs=report_runs(),
         groups=report_groups(),
         stage=canonical(config["report"]),
         config_sha256=CONFIG_SHA256,
         version=VERSION,
-    resources:
-        **stage_resources("report"),
-    log:
-        f"{RESULTS}/logs/report/report.log",
     script:
         "../scripts/report.py"

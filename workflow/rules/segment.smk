@@ -12,13 +12,13 @@ rule segment:
         movie=run_path("movie.ome.zarr"),
     output:
         labels=directory(run_path("labels.ome.zarr")),
-    params:
-        stage=section_params("segment"),
-        version=VERSION,
+    log:
+        log_path("segment"),
     threads: config["compute"]["threads"]
     resources:
         **stage_resources("segment"),
-    log:
-        log_path("segment"),
+    params:
+        stage=section_params("segment"),
+        version=VERSION,
     script:
         "../scripts/segment.py"

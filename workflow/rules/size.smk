@@ -14,16 +14,14 @@ rule size:
             category="Runs",
             subcategory="{run}",
         ),
-        summary=report(
-            run_path("summary.json"), caption="../report/summary.rst", category="Runs", subcategory="{run}"
-        ),
+        summary=report(run_path("summary.json"), caption="../report/summary.rst", category="Runs", subcategory="{run}"),
+    log:
+        log_path("size"),
+    resources:
+        **stage_resources("size"),
     params:
         stage=section_params("size"),
         version=VERSION,
-    resources:
-        **stage_resources("size"),
-    log:
-        log_path("size"),
     script:
         "../scripts/size.py"
 
@@ -35,13 +33,13 @@ rule size_group:
     output:
         distribution=f"{RESULTS}/groups/{{group}}/distribution.csv",
         summary=f"{RESULTS}/groups/{{group}}/summary.json",
+    log:
+        log_path("size_group", "group"),
+    resources:
+        **stage_resources("size"),
     params:
         stage=size_group_params,
         runs=lambda wc: GROUPS[wc.group],
         version=VERSION,
-    resources:
-        **stage_resources("size"),
-    log:
-        log_path("size_group", "group"),
     script:
         "../scripts/size_group.py"
