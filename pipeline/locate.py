@@ -33,6 +33,7 @@ from .io.schema import check_section, section_defaults
 
 __all__ = [
     "TRACKPY_OPTIONS",
+    "engine_used",
     "locate_frames",
     "locate_movie",
     "empty_features",
@@ -81,11 +82,46 @@ def _check_options(diameter: Any, options: Mapping[str, Any], ndim: int) -> dict
         if key in ("separation", "noise_size", "smoothing_size") and isinstance(value, (list, np.ndarray)):
             value = _per_axis(key, value, ndim)  # trackpy wants a tuple, YAML gives a list
         checked[key] = value
+    # engine 'numba' without numba: an error now rather than a very slow run
+    engine_used(checked.get("engine", "auto"), ndim)
     if len(set(diameters)) > 1 and checked.get("maxsize") is not None:
         raise ValueError(
             "locate: maxsize cannot be used with an anisotropic diameter (trackpy has no single size then)"
         )
     return checked
+
+
+def engine_used(engine: str, ndim: int) -> str:
+    """The refinement engine trackpy runs for ``engine`` on ``ndim``-D frames.
+
+    Parameters
+    ----------
+    engine : {'auto', 'python', 'numba'}
+        The ``locate.engine`` parameter.
+    ndim : int
+        Spatial dimensions of the frames.
+
+    Returns
+    -------
+    str
+        ``'numba'`` or ``'python'``: for ``'auto'``, trackpy's own choice
+        (``trackpy.refine.center_of_mass.refine_com``: numba when it imports
+        and the frames are 2D or 3D), so that the features stay those of
+        ``trackpy.batch`` with that engine.
+
+    Raises
+    ------
+    ValueError
+        For ``'numba'`` without numba: trackpy would run its numba code as
+        plain Python, far slower than the ``'python'`` engine, with only a warning.
+    """
+    from trackpy.try_numba import NUMBA_AVAILABLE
+
+    if engine == "auto":
+        return "numba" if NUMBA_AVAILABLE and ndim in (2, 3) else "python"
+    if engine == "numba" and not NUMBA_AVAILABLE:
+        raise ValueError("locate: engine 'numba' needs numba, which cannot be imported here (pip install numba)")
+    return engine
 
 
 def empty_features(ndim: int, *, diameter: Any, **trackpy_options: Any) -> pd.DataFrame:
@@ -310,6 +346,7 @@ def run(
         opened, compute=compute, threads=threads, frames_per_task=resolved["frames_per_task"], **options
     )
     dropped = [int(i) for i in opened.dropped_frames]
+    engine = engine_used(options["engine"], opened.ndim)
     write_table(
         features,
         output,
@@ -320,10 +357,11 @@ def run(
             "n_frames": len(opened),
             "dropped_frames": dropped,
             "n_features": len(features),
+            "engine_used": engine,
         },
     )
     log.info(
-        "%s: %d features in %d frames (%d dropped) -> %s",
-        opened.path, len(features), len(opened), len(dropped), output,
+        "%s: %d features in %d frames (%d dropped, %s engine) -> %s",
+        opened.path, len(features), len(opened), len(dropped), engine, output,
     )
     return features
