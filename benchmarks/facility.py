@@ -10,7 +10,8 @@ For each movie length (two at least, to see how time and memory grow):
 2. the workflow analyses them (locate, refine, link, size, report), timed
    from outside: a sampler walks Snakemake's process tree every 0.1 s and
    gives every job (one script process and its Dask workers) its wall time
-   and its peak memory (RSS summed over the tree);
+   and its peak memory (RSS summed over the tree, so pages the Dask workers share with their fork
+   server count once per process: an upper bound);
 3. the trackpy script (:func:`trackpy_script`: ``trackpy.batch`` with
    ``processes='auto'``, ``trackpy.link``, ``filter_stubs``, per-track MSD
    by ``trackpy.imsd``, Stokes-Einstein) runs on the same stores, sampled the
@@ -294,6 +295,17 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_memory_growth": round(
             max(j["peak_mib"] for j in longest["jobs"]) / max(j["peak_mib"] for j in shortest["jobs"]), 2
         ),
+        # longest over shortest movie, per stage: seconds should follow the
+        # length (per-job start-up aside), peak memory should stay flat
+        "growth": {
+            rule: {
+                "length": round(longest["frames"] / shortest["frames"], 2),
+                "s": round(stage["s"] / shortest["stages"][rule]["s"], 2),
+                "peak_mib": round(stage["peak_mib"] / shortest["stages"][rule]["peak_mib"], 2),
+            }
+            for rule, stage in longest["stages"].items()
+            if rule in shortest["stages"]
+        },
         "targets_met": longest["ratio_numba"] >= 2 and longest["ratio_python"] >= 3,
     }
     print(json.dumps(summary))
