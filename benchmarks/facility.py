@@ -122,7 +122,8 @@ def sampled(cmd: list[str], *, whole_tree: bool = False, env: dict | None = None
     jobs = [
         {"rule": j["rule"], "run": j["run"], "s": round(j["end"] - j["start"], 2), "peak_mib": round(j["peak_rss"] / 2**20, 1)}
         for j in sampler.jobs.values()
-        if j["peak_rss"]
+        # Snakemake's own helpers (its SLURM plugin runs `scontrol`) are no jobs
+        if j["peak_rss"] and (whole_tree or j["rule"] in (*STAGES, "acquire"))
     ]
     return seconds, jobs, out
 
