@@ -21,7 +21,8 @@ import yaml
 from pipeline import cli
 from pipeline.io import MovieError, create_movie, open_movie, read_table, table_metadata, write_movie
 from pipeline.io.schema import section_defaults
-from pipeline.locate import empty_features, locate_frames, locate_movie, run
+from pipeline.locate import empty_features, engine_used, locate_frames, locate_movie, run
+from pipeline.simulate import simulate_movie
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bulk_water"
 SCHEMAS = Path(__file__).resolve().parents[1] / "workflow" / "schemas"
@@ -90,6 +91,32 @@ def test_locate_movie_equals_trackpy_batch_on_real_data(bulk_water):
     assert list(found.columns[:3]) == ["frame", "y", "x"]
     assert set(found["frame"]) == set(range(BULK_FRAMES))
     pd.testing.assert_frame_equal(found, expected)
+
+
+def test_engine_auto_is_numba_and_equals_trackpy_numba_on_real_data(bulk_water):
+    """numba is a dependency, so the schema's default engine (auto) is trackpy's numba engine."""
+    path, frames, _ = bulk_water
+    assert section_defaults("locate")["engine"] == "auto"
+    assert engine_used("auto", 2) == "numba"
+    found = locate_movie(path, compute={"scheduler": "processes"}, threads=2, frames_per_task=4, diameter=11, minmass=20)
+    pd.testing.assert_frame_equal(found, batch(frames, diameter=11, minmass=20, engine="numba"))
+
+
+def test_engine_auto_equals_trackpy_numba_on_simulated_frames(tmp_path):
+    frames, _, _ = simulate_movie(shape=(256, 256), n_frames=8, n_particles=40, diameters_nm=[100, 200], seed=7)
+    path = tmp_path / "movie.ome.zarr"
+    write_movie(path, frames, pixel_size_um=0.2, frame_interval_s=1 / 30, frames_per_shard=4)
+    found = locate_movie(path, compute={"scheduler": "threads"}, threads=2, diameter=9, minmass=300)
+    expected = batch(frames, diameter=9, minmass=300, engine="numba")
+    assert len(expected) > 5 * len(frames)
+    pd.testing.assert_frame_equal(found, expected)
+
+
+def test_engine_numba_without_numba_is_an_error(monkeypatch):
+    monkeypatch.setattr("trackpy.try_numba.NUMBA_AVAILABLE", False)
+    assert engine_used("auto", 2) == "python"
+    with pytest.raises(ValueError, match="engine 'numba' needs numba"):
+        locate_frames(gaussian_spots(n_frames=1), diameter=7, engine="numba")
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
@@ -290,6 +317,7 @@ def test_run_writes_features_with_provenance(tmp_path, spots_movie):
     assert meta["params"] == {**section_defaults("locate"), "diameter": 7, "minmass": 500, "frames_per_task": 2}
     assert meta["movie"] == str(path) and meta["n_frames"] == len(frames)
     assert meta["n_features"] == len(found)
+    assert meta["engine_used"] == "numba"  # locate.engine: auto, with numba installed
 
 
 def test_command_line_equals_the_function(bulk_water, tmp_path):
