@@ -170,47 +170,12 @@ def _realign_axis_errors(features: pd.DataFrame) -> pd.DataFrame:
     return real.reset_index(drop=True)
 
 
-_NUMBA_CACHED = False
-
-
-def _cache_numba_engine() -> None:
-    """Let trackpy's numba functions keep their machine code on disk.
-
-    trackpy compiles them without numba's ``cache=True``, so every Dask
-    worker of every locate job spent ~0.5 s compiling before its first
-    frame; from the cache it takes ~0.15 s. The same Python functions are
-    compiled (features are unchanged), through trackpy's own registry (the
-    one ``trackpy.enable_numba`` uses); functions that ``trackpy.disable_numba``
-    switched off stay off. Once per process.
-    """
-    global _NUMBA_CACHED
-    if _NUMBA_CACHED:
-        return
-    _NUMBA_CACHED = True
-    import sys
-
-    import numba
-    from trackpy import try_numba
-
-    for function in getattr(try_numba, "_registered_functions", []):
-        module = sys.modules.get(function.module_name)
-        if module is None or getattr(module, function.func_name, None) is not getattr(function, "_compiled", None):
-            continue  # trackpy changed, or numba is disabled for it
-        try:
-            function._compiled = numba.jit(cache=True, **(function.jit_kwargs or {}))(function.func)
-        except RuntimeError:  # no writable cache directory: compile as trackpy does
-            return
-        function.point_to_compiled_func()
-
-
 def _locate_each(
     frames: np.ndarray, frame_numbers: Sequence[int], options: Mapping[str, Any]
 ) -> pd.DataFrame | None:
     """trackpy.locate on each frame, numbered; None if nothing was found."""
     import trackpy
 
-    if engine_used(options.get("engine", "auto"), frames.ndim - 1) == "numba":
-        _cache_numba_engine()
     found = []
     for frame_no, image in zip(frame_numbers, frames):
         features = _realign_axis_errors(trackpy.locate(image, **options))
