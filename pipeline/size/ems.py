@@ -51,6 +51,7 @@ def cve_likelihood(
     grid_nm: np.ndarray,
     sigma2_um2: float = 0.0,
     R: float = 0.0,
+    dispersion: float = 1.0,
 ) -> np.ndarray:
     """Likelihood matrix P[j, l] of track j's covariance estimate of D given
     diameter grid point l, each row scaled so that its maximum is 1.
@@ -92,7 +93,7 @@ def cve_likelihood(
     if np.any(~(D_hat > 0)):
         raise ValueError("cve_likelihood takes positive estimates of D only")
     eps = max(float(sigma2_um2), 0.0) / (D * frame_interval_s) - 2.0 * R
-    c2 = (6.0 + 4.0 * eps + 2.0 * eps**2) / N + 4.0 * (1.0 + eps) ** 2 / N**2
+    c2 = float(dispersion) * ((6.0 + 4.0 * eps + 2.0 * eps**2) / N + 4.0 * (1.0 + eps) ** 2 / N**2)
     s2 = np.log1p(c2)
     logp = -0.5 * (np.log(D_hat) - np.log(D) + 0.5 * s2) ** 2 / s2 - 0.5 * np.log(s2)
     logp -= logp.max(axis=1, keepdims=True)

@@ -16,10 +16,10 @@ import pandas as pd
 
 from .. import __version__
 from ..io.tables import position_columns
-from ..physics import stokes_einstein_diameter
+from ..physics import stokes_einstein_D, stokes_einstein_diameter
 from .conditions import check_interval, pixel_sizes, temperature_and_viscosity
-from .diffusion import blur_factor, track_diffusion
-from .ems import choose_smoothing, cve_likelihood, fit_distribution
+from .diffusion import DISPERSION_MIN_STEPS, blur_factor, shrunk_sigma2, track_diffusion
+from .ems import choose_smoothing, fit_distribution
 from .distribution import (
     FIGURES,
     binned,
@@ -30,16 +30,20 @@ from .distribution import (
 )
 from .ensemble import ensemble_msd, fit_powerlaw, msd_slope_D
 from .parameters import check_params
-from .walker import diameter_grid, walker_likelihood
+from .steps import track_steps
+from .mislinks import jump_log_density, jump_responsibilities, step_log_likelihood, weighted_dispersion
+from .walker import diameter_grid
 
 __all__ = ["size_tracks"]
 
 _UM3_PER_ML = 1e12  # 1 mL = 1 cm³ = 1e12 µm³
-#: Steps (times axes) from which a track's covariance estimate of D enters
-#: the EMS fit through its own (log-normal) likelihood; shorter tracks enter
-#: through Walker's. 20 is where bulk_water's tracks (10 to 40 steps) all
-#: take their own σ; a higher cut brings its comb back (measured: 40, 60).
-CVE_MIN_AXIS_STEPS = 20
+#: The jump fraction ε the EM starts from, and at most how many rounds of
+#: (distribution, ε, φ) it takes.
+INITIAL_JUMP_FRACTION = 0.01
+MODEL_MAX_ITER = 50
+#: At most how many rounds of (per-track estimates without the jumps, which
+#: steps are jumps) the mislink model takes.
+MODEL_MAX_ROUNDS = 10
 
 
 def size_tracks(
@@ -103,18 +107,35 @@ def size_tracks(
     R = blur_factor(exposure_s, dt)
     notes: list[str] = []
 
-    sizes, counts = _track_sizes(
-        tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=dt, exposure_s=exposure_s,
-        temperature_K=T, viscosity_Pa_s=eta, notes=notes,
-    )
     ndim = len(position_columns(tracks))
-    localization = _localization_error(sizes, counts, p, R, exposure_s)
-    sigma = localization["sigma_um"]
     grid = diameter_grid(p["grid_min_nm"], p["grid_max_nm"], p["grid_points"])
-    fit = _distribution_fit(
-        sizes, p, notes, frame_interval_s=dt, temperature_K=T, viscosity_Pa_s=eta, grid_nm=grid, ndim=ndim,
-        sigma_um=sigma, R=R,
-    )
+    conditions = dict(frame_interval_s=dt, temperature_K=T, viscosity_Pa_s=eta, grid_nm=grid, ndim=ndim, R=R)
+    steps = _single_frame_steps(tracks, p, pixel_size_um)
+
+    def estimate(jumps, notes, final):
+        sizes, counts = _track_sizes(
+            tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=dt, exposure_s=exposure_s,
+            temperature_K=T, viscosity_Pa_s=eta, notes=notes, exclude_steps=jumps,
+        )
+        localization = _localization_error(sizes, counts, p, R, exposure_s)
+        fit = _distribution_fit(sizes, steps, p, notes, final=final, sigma_um=localization["sigma_um"], **conditions)
+        return sizes, counts, localization, fit
+
+    # Rounds of (per-track estimates without the jumps, the distribution,
+    # which steps are jumps) until the jumps stop changing, so that the
+    # covariance estimates and σ are those of the Brownian steps alone; then
+    # the final fit, with the smoothing chosen and the intervals.
+    jumps = np.zeros(len(steps["ok"]), dtype=bool)
+    rounds = 0
+    while p["mislink_model"] and rounds < MODEL_MAX_ROUNDS:
+        rounds += 1
+        found = estimate(jumps, [], final=False)[3]["jump_steps"]
+        if np.array_equal(found, jumps):
+            break
+        jumps = found
+    sizes, counts, localization, fit = estimate(jumps, notes, final=True)
+    fit["model_rounds"] = rounds
+    sigma = localization["sigma_um"]
     sizes["posterior_diameter_nm"] = fit["posterior"]
     naive_d = sizes["diameter_nm"].to_numpy()
     figures, n_naive = _figures(grid, fit["weights"], naive_d, notes)
@@ -152,6 +173,15 @@ def size_tracks(
         "distribution_method": p["distribution"],
         "smoothing_ln_d": fit["smoothing"],
         "smoothing_cv": fit["smoothing_cv"],
+        "mislink_model": p["mislink_model"],
+        "jump_fraction": fit.get("jump_fraction"),
+        "n_jumps": fit.get("n_jumps"),
+        "step_dispersion": fit.get("step_dispersion"),
+        "step_dispersion_estimate": fit.get("step_dispersion_estimate"),
+        "step_dispersion_se": fit.get("step_dispersion_se"),
+        "sigma_heterogeneity": fit.get("sigma_heterogeneity"),
+        "sigma_tau2_um4": fit.get("sigma_tau2_um4"),
+        "model_rounds": fit.get("model_rounds"),
         "sigma_um": sigma,
         "sigma_source": localization["source"],
         "localization": localization,
@@ -176,19 +206,31 @@ def size_tracks(
     return sizes, distribution, summary
 
 
+def _single_frame_steps(tracks: pd.DataFrame, p, pixel_size_um) -> dict[str, np.ndarray]:
+    """The squared single-frame steps (``sq``, µm²) with their ``particle``,
+    and ``ok``: which of :func:`~pipeline.size.steps.track_steps`'s steps
+    they are (the likelihood scores them one by one)."""
+    st = track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=p["subtract_flow"],
+                     outlier_p=p["outlier_p"], remove_outliers=p["remove_outliers"])
+    ok = st["step_ok"]
+    return {"sq": np.sum(st["steps"][ok] ** 2, axis=1), "particle": st["particle"][:-1][ok], "ok": ok}
+
+
 def _track_sizes(
-    tracks, p, *, pixel_size_um, frame_interval_s, exposure_s, temperature_K, viscosity_Pa_s, notes
+    tracks, p, *, pixel_size_um, frame_interval_s, exposure_s, temperature_K, viscosity_Pa_s, notes,
+    exclude_steps=None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Every track's D (:func:`track_diffusion`, tracks with fewer than
-    ``min_steps`` single-frame steps left out, and noted) and its
-    Stokes–Einstein ``diameter_nm``; with what track_diffusion reports of the
-    motion correction (``motion``, ``motion_columns``,
-    ``steps_missing_flow``) and the counts ``n_tracks_in`` and
-    ``n_tracks_short``."""
+    ``min_steps`` single-frame steps left out, and noted; ``exclude_steps``
+    left out like gaps) and its Stokes–Einstein ``diameter_nm``; with what
+    track_diffusion reports of the motion correction (``motion``,
+    ``motion_columns``, ``steps_missing_flow``) and the counts
+    ``n_tracks_in`` and ``n_tracks_short``."""
     sizes = track_diffusion(
         tracks, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s, exposure_s=exposure_s,
         method=p["method"], sigma_um=p["sigma_um"], min_steps=p["min_steps"],
         subtract_flow=p["subtract_flow"], outlier_p=p["outlier_p"], remove_outliers=p["remove_outliers"],
+        exclude_steps=exclude_steps,
     )
     info = dict(sizes.attrs)
     info["n_outlier_steps"] = int(sizes["n_outlier_steps"].sum())
@@ -234,7 +276,8 @@ def _localization_error(sizes: pd.DataFrame, counts: dict[str, Any], p, R: float
     }
 
 
-def _distribution_fit(sizes: pd.DataFrame, p, notes, **conditions) -> dict[str, Any]:
+def _distribution_fit(sizes: pd.DataFrame, steps: dict[str, np.ndarray], p, notes, *, final: bool = True,
+                      **conditions) -> dict[str, Any]:
     """The maximum-likelihood size distribution over ``conditions["grid_nm"]``
     (``size.distribution``: EMS on the per-track covariance estimates, or
     Walker's EM on the mean squared steps), each track's posterior mean
@@ -243,7 +286,11 @@ def _distribution_fit(sizes: pd.DataFrame, p, notes, **conditions) -> dict[str, 
     Returns ``weights`` (per grid point; NaN without tracks), ``iterations``,
     ``converged``, ``posterior`` (per row of ``sizes``, nm), ``mode_ci`` and
     ``d50_ci`` (nm, or None), ``n_valid`` (tracks in the fit), ``smoothing``
-    (the EMS kernel width in ln d, None for Walker's) and ``smoothing_cv``.
+    (the EMS kernel width in ln d, None for Walker's), ``smoothing_cv`` and
+    what :func:`_likelihood` reports of its model (``jump_fraction``,
+    ``step_dispersion``, ...), with ``jump_steps``: which of ``steps["ok"]``'s
+    steps are more likely jumps than not. Not ``final``: Walker's EM only
+    (no smoothing, no intervals), for the rounds that find the jumps.
     """
     grid = conditions["grid_nm"]
     m = sizes["mean_sq_step_um2"].to_numpy()
@@ -254,32 +301,17 @@ def _distribution_fit(sizes: pd.DataFrame, p, notes, **conditions) -> dict[str, 
         "weights": np.full(grid.size, np.nan), "iterations": 0, "converged": False,
         "posterior": np.full(len(sizes), np.nan), "mode_ci": None, "d50_ci": None,
         "n_valid": int(usable.sum()), "smoothing": None, "smoothing_cv": None,
+        "jump_steps": np.zeros(len(steps["ok"]), dtype=bool),
     }
     if not usable.any():
         notes.append("no valid tracks: no size distribution")
         return out
     valid = sizes[usable]
-    P = walker_likelihood(
-        valid["mean_sq_step_um2"].to_numpy(), valid["n_steps"].to_numpy(),
-        n_pairs=valid["n_pairs"].to_numpy(), **conditions,
-    )
+    P, model, jump_probability = _likelihood(valid, steps, p, **conditions)
+    out.update(model)
+    out["jump_steps"] = jump_probability > 0.5
     width = 0.0  # Walker's EM
-    if p["distribution"] == "ems":
-        # Long tracks: the likelihood of their own covariance estimate, which
-        # no other track's localization error enters (on real footage σ
-        # differs from track to track, and one σ for all makes the tracks
-        # of sharp spots look immobile). Short tracks: Walker's exact
-        # likelihood of the mean squared step, where the covariance
-        # estimate is too often <= 0 or too skewed for a log-normal.
-        N = valid["n_steps"].to_numpy() * conditions["ndim"]
-        own = (N >= CVE_MIN_AXIS_STEPS) & (valid["D_um2_s"].to_numpy() > 0)
-        if own.any():
-            P[own] = cve_likelihood(
-                valid["D_um2_s"].to_numpy()[own], N[own],
-                frame_interval_s=conditions["frame_interval_s"], temperature_K=conditions["temperature_K"],
-                viscosity_Pa_s=conditions["viscosity_Pa_s"], grid_nm=grid,
-                sigma2_um2=conditions["sigma_um"] ** 2, R=conditions["R"],
-            )
+    if p["distribution"] == "ems" and final:
         width = p["smoothing"]
         if width is None:
             width, out["smoothing_cv"] = choose_smoothing(
@@ -293,11 +325,96 @@ def _distribution_fit(sizes: pd.DataFrame, p, notes, **conditions) -> dict[str, 
     joint = P * weights[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         out["posterior"][usable] = (joint @ grid) / joint.sum(axis=1)
-    if p["n_bootstrap"] > 0 and usable.sum() > 1:
+    if final and p["n_bootstrap"] > 0 and usable.sum() > 1:
         out["mode_ci"], out["d50_ci"] = _bootstrap_intervals(P, weights, grid, width, p)
     if not out["converged"]:
         notes.append(f"the {p['distribution']} fit stopped at size.max_iter={p['max_iter']} before reaching size.tol")
     return out
+
+
+def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p,
+                **conditions) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """The likelihood matrix P[j, l] of each valid track at each grid
+    diameter, the figures of its model, and each of ``steps["ok"]``'s steps'
+    probability of being a jump (0 for steps not in the fit).
+
+    Walker's likelihood taken step by step (:mod:`pipeline.size.mislinks`):
+
+    - localization error: ``size.distribution: walker``, one σ for all
+      tracks (Walker 2012); ``ems``, each track's own covariance estimate
+      shrunk towards that σ by how much the tracks' σ truly differ
+      (:func:`~pipeline.size.diffusion.shrunk_sigma2`): on real footage a
+      dim or defocused track has several times the error of a sharp one,
+      and with one σ for all it poses as a small fast particle;
+    - ``size.mislink_model``: a fraction ε of steps are jumps, ε fitted with
+      the distribution by EM; off, ε = 0 (Walker's likelihood exactly);
+    - ``size.step_dispersion``: every track's log-likelihood divided by φ
+      (``auto``: estimated from the steps, the jumps left out, never below 1).
+    """
+    grid = conditions["grid_nm"]
+    ndim, dt, R = conditions["ndim"], conditions["frame_interval_s"], conditions["R"]
+    T, eta = conditions["temperature_K"], conditions["viscosity_Pa_s"]
+    s2_all = conditions["sigma_um"] ** 2
+    k = valid["n_steps"].to_numpy(dtype=float)
+    pairs = valid["n_pairs"].to_numpy(dtype=float)
+    if p["distribution"] == "ems" and p["sigma_um"] is None:
+        s2, spread = shrunk_sigma2(valid, ndim, R, s2_all)
+    else:
+        s2, spread = np.full(len(valid), s2_all), {"heterogeneity": None, "tau2_um4": None}
+    s2 = s2[:, None]
+    D = np.asarray(stokes_einstein_D(grid, T, eta))[None, :]
+    per_axis = np.maximum(D * dt + s2 - 2.0 * R * D * dt, 1e-12)
+    theta = 2.0 * ndim * per_axis
+    # adjacent steps correlate through noise and blur: Walker's moment-matched
+    # shape over the independent-steps one
+    rho = -(s2 - 2.0 * R * D * dt) / (2.0 * per_axis)
+    temper = k[:, None] / (k[:, None] + 2.0 * pairs[:, None] * rho**2)
+    rows = np.searchsorted(valid["particle"].to_numpy(), steps["particle"])
+    in_fit = rows < len(valid)
+    in_fit[in_fit] = valid["particle"].to_numpy()[rows[in_fit]] == steps["particle"][in_fit]
+    sq, row = steps["sq"][in_fit], rows[in_fit]
+    log_jump = jump_log_density(sq, ndim, float(sq.max()) * (1 + 1e-9)) if sq.size else sq
+    fixed_phi = None if p["step_dispersion"] == "auto" else float(p["step_dispersion"])
+    mislinks = bool(p["mislink_model"])
+
+    def matrix(eps: float, phi: float) -> np.ndarray:
+        logL = step_log_likelihood(sq, row, theta, ndim=ndim, jump_fraction=eps, log_jump=log_jump,
+                                   temper=temper / phi)
+        logL -= logL.max(axis=1, keepdims=True)
+        return np.where(logL > -300.0, np.exp(np.maximum(logL, -300.0)), 0.0)
+
+    # ε and φ with the distribution, by EM (Walker's EM inside: the
+    # smoothing is chosen afterwards, on the final likelihood)
+    eps = INITIAL_JUMP_FRACTION if mislinks else 0.0
+    phi = fixed_phi if fixed_phi is not None else 1.0
+    phi_raw, phi_se = float("nan"), float("nan")
+    weights, iterations, r = None, 0, np.zeros(len(sq))
+    for iterations in range(1, MODEL_MAX_ITER + 1):
+        P = matrix(eps, phi)
+        weights, _, _ = fit_distribution(P, grid, 0.0, max_iter=p["max_iter"], tol=p["tol"], start=weights)
+        joint = P * weights[None, :]
+        posterior = joint / np.maximum(joint.sum(axis=1, keepdims=True), np.finfo(float).tiny)
+        r = jump_responsibilities(sq, row, theta, posterior, ndim=ndim, jump_fraction=eps, log_jump=log_jump)
+        phi_raw, phi_se = weighted_dispersion(sq, row, 1.0 - r, len(valid), ndim, DISPERSION_MIN_STEPS)
+        new_eps = max(float(r.mean()), 1e-6) if mislinks and r.size else 0.0
+        new_phi = fixed_phi if fixed_phi is not None else (max(1.0, phi_raw) if np.isfinite(phi_raw) else 1.0)
+        done = abs(new_eps - eps) <= 1e-3 * max(eps, 1e-3) and abs(new_phi - phi) <= 1e-3 * phi
+        eps, phi = new_eps, new_phi
+        if done or (not mislinks and fixed_phi is not None):
+            break
+    P = matrix(eps, phi)
+    jump_probability = np.zeros(len(steps["ok"]))
+    jump_probability[np.flatnonzero(steps["ok"])[in_fit]] = r
+    return P, {
+        "jump_fraction": eps if mislinks else None,
+        "n_jumps": float(r.sum()) if mislinks else None,
+        "step_dispersion_estimate": phi_raw,
+        "step_dispersion_se": phi_se,
+        "step_dispersion": phi,
+        "sigma_heterogeneity": spread["heterogeneity"],
+        "sigma_tau2_um4": spread["tau2_um4"],
+        "model_iterations": iterations,
+    }, jump_probability
 
 
 def _bootstrap_intervals(P: np.ndarray, weights: np.ndarray, grid: np.ndarray, width: float, p) -> tuple[list, list]:
