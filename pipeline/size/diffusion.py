@@ -359,12 +359,7 @@ def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float) -> tu
     Q = float(np.sum(w * (own[use] - mean) ** 2))
     n = int(use.sum())
     tau2 = max(0.0, (Q - (n - 1)) / (w.sum() - np.sum(w**2) / w.sum()))
-    import os
-    zc=float(os.environ.get("TF_Z","0"))
-    if zc>0:
-        d=own[use]-base
-        out[use]=np.clip(base+np.sign(d)*np.maximum(np.abs(d)-zc*np.sqrt(v),0),0,None)
-    elif tau2 > 0:
+    if tau2 > 0:
         out[use] = np.clip(base + tau2 / (tau2 + v) * (own[use] - base), 0.0, None)
     return out, {"heterogeneity": Q / (n - 1), "tau2_um4": tau2}
 
