@@ -99,6 +99,8 @@ _QC_KEYS = {
 _TABLES = ("features", "refined", "tracks", "flow", "sizes", "truth")
 _OPTIONAL = ("flow", "truth", "refined")  # absent by design for some runs
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# the stage of a tracks table imported from another tracker's geff store (pipeline.io.geff)
+_GEFF_IMPORT = "import_geff"
 # the refine stage's fit_status values
 _FITTED, _FAILED = "fitted", "failed"
 # tracks drawn over the movie frame: the longest ones, enough to see the motion
@@ -193,6 +195,9 @@ def load_run(
         data.movie = open_movie(present["movie"])
     else:
         note_missing("movie")
+    if data.meta.get("tracks", {}).get("stage") == _GEFF_IMPORT:
+        # another tracker's tracks: there is no movie and no feature table to miss
+        data.missing = [m for m in data.missing if m not in (RUN_FILES["movie"], RUN_FILES["features"])]
     return data
 
 
@@ -478,6 +483,14 @@ def _left_out(data: RunData) -> list[tuple[str, str, str, str]]:
     link = data.meta.get("tracks", {})
     lp = link.get("params") or {}
     rows = []
+    geff = link.get("geff") if link.get("stage") == _GEFF_IMPORT else None
+    if isinstance(geff, Mapping):  # nothing is left out: branched tracks are split
+        where = (f"from {link.get('input', 'a geff store')}: {fmt(geff.get('n_nodes'))} detections, "
+                 f"{fmt(geff.get('n_tracks'))} tracks")
+        rows.append(("geff import", "tracks split at divisions", fmt(geff.get("n_divisions")),
+                     f"each branch a track of its own, no detection dropped ({where})"))
+        rows.append(("geff import", "tracks split at merges", fmt(geff.get("n_merges")),
+                     f"{fmt(geff.get('n_edges_cut'))} edges cut in all"))
     if "stubs_removed" in link:
         rows.append(("link", "short tracks (stubs)", fmt(link["stubs_removed"]),
                      f"fewer than link.min_length = {fmt(lp.get('min_length'))} frames; "
