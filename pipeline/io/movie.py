@@ -536,6 +536,9 @@ class Movie:
     axes : tuple of str
     scale : tuple of float
         Per axis: seconds for t, µm for space.
+    units : tuple of str or None
+        Per axis, the OME-Zarr unit (``second``, ``micrometer``); None where
+        the store names none.
     attrs : dict
         The ``trackflow`` acquisition metadata.
     """
@@ -554,6 +557,7 @@ class Movie:
         try:
             ms = ome["multiscales"][0]
             axes = tuple(a["name"] for a in ms["axes"])
+            units = tuple(a.get("unit") for a in ms["axes"])
             dataset = ms["datasets"][0]
             scale = next(
                 c["scale"] for c in dataset["coordinateTransformations"] if c["type"] == "scale"
@@ -573,6 +577,7 @@ class Movie:
                 "expected (t, y, x) or (t, z, y, x)"
             )
         self.axes = axes
+        self.units = units
         self.scale = tuple(float(s) for s in scale)
         self.attrs: dict = dict(root.attrs.get("trackflow", {}))
         self._root = root
