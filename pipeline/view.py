@@ -194,7 +194,8 @@ def open_viewer(run_dir: str | os.PathLike, viewer: Any = None, *, show: bool = 
         viewer = napari.Viewer(title=f"trackflow: {Path(run_dir).resolve().name}", show=show)
     for data, kwargs, layer_type in layers:
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-    viewer.scale_bar.visible = True
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)  # napari >= 0.9
+    (overlays.scale_bar if hasattr(overlays, "scale_bar") else viewer.scale_bar).visible = True
     viewer.dims.current_step = (0,) * viewer.dims.ndim
     return viewer
 

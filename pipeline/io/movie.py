@@ -358,6 +358,7 @@ class MovieWriter:
 
     def _publish(self, n_frames: int, complete: bool, n_written: int | None = None) -> None:
         """Atomically publish shape and metadata for the first ``n_frames``."""
+        from .provenance import environment_lock_sha256  # not with the package: see tables.write_table
         n_written = self._n_written if n_written is None else n_written
         with self._lock:
             n_frames = max(n_frames, self._on_disk_until)
@@ -381,6 +382,7 @@ class MovieWriter:
                 "first_seq": self.first_seq,
                 "frames_per_shard": self.frames_per_shard,
                 "trackflow_version": __version__,
+                "environment_lock_sha256": environment_lock_sha256(),
             }
             update_attributes(self.path, {"trackflow": attrs})
 
