@@ -187,15 +187,15 @@ def test_segment_is_quiet_when_progress_is_off(small_movie, tmp_path, monkeypatc
 
 
 def test_acquire_reports_frames_written_of_expected(tmp_path, log_mode):
-    # paced at 40 fps in shards of 4 frames: the writer's count grows while it runs
+    # paced at 40 fps (1.5 s) in shards of 4 frames: the writer's count grows while it runs
     movie = acquire({"kind": "simulated", "shape": [32, 32], "n_particles": 3, "seed": 2}, tmp_path / "m.ome.zarr",
-                    frames=40, frames_per_shard=4, rate_fps=40)  # fmt: skip
-    assert movie.complete and len(movie) == 40
+                    frames=60, frames_per_shard=4, rate_fps=40)  # fmt: skip
+    assert movie.complete and len(movie) == 60
     lines = progress_lines(log_mode, "acquire")
     assert len(lines) >= 2, [m[0] for m in lines]
     counts = [int(m[2]) for m in lines]
-    assert counts == sorted(counts) and counts[-1] == 40 and all(c % 4 == 0 for c in counts[:-1])
-    assert all(int(m[3]) == 40 for m in lines) and lines[-1][4] == "100"
+    assert counts == sorted(counts) and counts[-1] == 60 and all(c % 4 == 0 for c in counts[:-1])
+    assert all(int(m[3]) == 60 for m in lines) and lines[-1][4] == "100"
     assert any(m[6].endswith("left") for m in lines[:-1])
 
 
