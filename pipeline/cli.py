@@ -233,6 +233,7 @@ def _register_acquire(sub: Any) -> None:
             pub_endpoint=args.pub or params.pop("pub_endpoint", None),
             overwrite=args.overwrite,
             progress=not args.quiet,
+            report=False,  # the live line says it all; --quiet means quiet
             keys=args.keys,
             insecure=args.insecure,
             **params,
@@ -775,6 +776,40 @@ def _register_config_keys(sub: Any) -> None:
         return 0
 
     parser.set_defaults(func=run_config_keys)
+
+
+# --- view ------------------------------------------------------------------
+
+
+@command
+def _register_view(sub: Any) -> None:
+    parser = sub.add_parser(
+        "view",
+        help="open a run in napari: movie, features, tracks and labels at physical scale",
+        description=(
+            "Open RUN_DIR (results/RUN) in napari: the movie at its physical scale (s, µm, from the "
+            "store's OME-Zarr metadata), locate's features as points, link's tracks as tracks and "
+            "the segment and reassign stages' label stores, those the run has. Needs napari: "
+            "pip install 'trackflow[view]'."
+        ),
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's results directory (holds movie.ome.zarr)")
+
+    def view_command(args: argparse.Namespace) -> int:
+        from .view import open_viewer
+
+        try:
+            viewer = open_viewer(args.run_dir)
+        except ImportError as exc:
+            print(f"trackflow view: error: {exc}", file=sys.stderr)
+            return 2
+        import napari
+
+        log.info("%s: %s", args.run_dir, ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in viewer.layers))
+        napari.run()
+        return 0
+
+    parser.set_defaults(func=view_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

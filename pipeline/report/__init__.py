@@ -45,6 +45,7 @@ from ..io.files import atomic_write
 from ..io.layout import RUN_FILES, group_files, run_files
 from ..io.movie import Movie, open_movie
 from ..io.nta import experiment_summary_csv, figure_value
+from ..io.provenance import environment_lock_sha256
 from ..io.schema import check_section
 from ..io.tables import (
     OBJECT_COLUMNS,
@@ -702,8 +703,15 @@ def _provenance(datas: Sequence[RunData], inputs: Sequence[tuple[str, str, str]]
                 recorded.setdefault(name, set()).add(str(version))
     versions = [(name, now.get(name, NA), ", ".join(sorted(recorded.get(name, ()))) or "not recorded")
                 for name in _VERSIONS]
+    # the lock the environment was installed from, now and as each output recorded it
+    recorded_by = [meta for data in datas for meta in data.provenance.values()]
+    recorded_by += [data.movie.attrs for data in datas if data.movie is not None]
+    recorded_by += [data.summary for data in datas if data.summary]
+    locks = {meta["environment_lock_sha256"] for meta in recorded_by if "environment_lock_sha256" in meta}
     return {
         "trackflow": __version__,
+        "environment_lock_sha256": environment_lock_sha256(),
+        "environment_locks_recorded": sorted(lock or "null (not installed from a lock)" for lock in locks),
         "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "config_sha256": config_sha256,
         "versions": versions,
