@@ -233,6 +233,7 @@ def _register_acquire(sub: Any) -> None:
             pub_endpoint=args.pub or params.pop("pub_endpoint", None),
             overwrite=args.overwrite,
             progress=not args.quiet,
+            report=False,  # the live line says it all; --quiet means quiet
             keys=args.keys,
             insecure=args.insecure,
             **params,
@@ -444,6 +445,10 @@ def _register_link(sub: Any) -> None:
     parser.add_argument("-o", "--output", required=True, help="tracks.parquet to write")
     parser.add_argument("--movie", help="the run's movie.ome.zarr (needed for search_range_um)")
     parser.add_argument("--flow-output", help="also write the links' displacement vectors (flow.parquet)")
+    parser.add_argument(
+        "--geff-output",
+        help="also write the tracks as a geff store for other tracking tools (tracks.geff; needs --movie)",
+    )
     add_params_options(parser)
     add_compute_options(parser)
 
@@ -456,6 +461,7 @@ def _register_link(sub: Any) -> None:
             stage_params(args, "link"),
             movie=args.movie,
             flow_output=args.flow_output,
+            geff_output=args.geff_output,
             compute=compute_params(args),
             threads=args.threads,
         )
@@ -475,10 +481,21 @@ def _register_size(sub: Any) -> None:
         help="diffusion coefficients, sizes, size distribution and concentration from tracks",
         description="Size every track (CVE or optimal MSD fit, with localization error and motion "
         "blur) and the sample (Walker's maximum-likelihood distribution beside the naive "
-        "histogram). Writes sizes.parquet, distribution.csv and summary.json.",
+        "histogram). Writes sizes.parquet, distribution.csv and summary.json. TRACKS may be a geff "
+        "store written by another tracker (laptrack, TrackMate, ...): without a movie, give the "
+        "conditions with -s, e.g. -s pixel_size_um=0.2 -s frame_interval_s=0.033 -s temperature_K=295.",
     )
-    p.add_argument("tracks", help="tracks.parquet (link stage)")
-    p.add_argument("movie", help="the run's movie store (for pixel size, frame interval, conditions)")
+    p.add_argument("tracks", help="tracks.parquet (link stage) or a geff store (tracks.geff, another tracker's)")
+    p.add_argument(
+        "movie", nargs="?",
+        help="the run's movie store (for pixel size, frame interval, conditions); none for tracks from elsewhere",
+    )
+    p.add_argument(
+        "-s", "--setting", metavar="KEY=VALUE", action="append", default=[],
+        help="without a movie, a condition as in runs.tsv's settings (YAML value): pixel_size_um, "
+        "frame_interval_s, exposure_s, temperature_K, viscosity_Pa_s; space_unit, time_unit for geff axes "
+        "that state none",
+    )
     p.add_argument("--sizes", help="sizes table to write (default: sizes.parquet beside TRACKS)")
     p.add_argument("--distribution", help="distribution CSV (default: distribution.csv beside TRACKS)")
     p.add_argument("--summary", help="summary JSON (default: summary.json beside TRACKS)")
@@ -503,6 +520,7 @@ def _register_size(sub: Any) -> None:
             stage_params(args, "size"),
             summary_csv=args.summary_csv or here / "summary.csv",
             run_name=args.run or here.name,
+            settings=_acquire_key_values(args.setting, "--setting"),
         )
         ci = summary.get("d50_ci_nm") or [None, None]
         print(
@@ -758,6 +776,40 @@ def _register_config_keys(sub: Any) -> None:
         return 0
 
     parser.set_defaults(func=run_config_keys)
+
+
+# --- view ------------------------------------------------------------------
+
+
+@command
+def _register_view(sub: Any) -> None:
+    parser = sub.add_parser(
+        "view",
+        help="open a run in napari: movie, features, tracks and labels at physical scale",
+        description=(
+            "Open RUN_DIR (results/RUN) in napari: the movie at its physical scale (s, µm, from the "
+            "store's OME-Zarr metadata), locate's features as points, link's tracks as tracks and "
+            "the segment and reassign stages' label stores, those the run has. Needs napari: "
+            "pip install 'trackflow[view]'."
+        ),
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's results directory (holds movie.ome.zarr)")
+
+    def view_command(args: argparse.Namespace) -> int:
+        from .view import open_viewer
+
+        try:
+            viewer = open_viewer(args.run_dir)
+        except ImportError as exc:
+            print(f"trackflow view: error: {exc}", file=sys.stderr)
+            return 2
+        import napari
+
+        log.info("%s: %s", args.run_dir, ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in viewer.layers))
+        napari.run()
+        return 0
+
+    parser.set_defaults(func=view_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

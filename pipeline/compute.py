@@ -40,6 +40,8 @@ import pandas as pd
 
 from .io.movie import Movie, open_movie
 from .io.schema import check_section, section_defaults
+from .progress import dask_compute
+from .progress import progress as progress_report
 
 __all__ = [
     "COMPUTE_KEYS",
@@ -281,6 +283,7 @@ def map_frame_chunks(
     threads: int | None = None,
     frames_per_task: int | None = None,
     chunk_kwargs: Callable[[int, int], Mapping[str, Any] | None] | None = None,
+    progress: str | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """Apply ``func(frames, first_frame, **kwargs)`` to consecutive ranges of
@@ -307,6 +310,10 @@ def map_frame_chunks(
         frames ``start..stop-1`` alone (say, the rows of a table that fall in
         those frames), so that a large table is not shipped to every task;
         returning ``None`` skips that range (its frames are not read).
+    progress : str, optional
+        Report progress in frames under this label (a stage's name) as the
+        tasks finish (:func:`pipeline.progress.progress`); None reports
+        nothing.
 
     Returns
     -------
@@ -322,7 +329,7 @@ def map_frame_chunks(
     module = getattr(func, "__module__", None)
     with dask_scheduler(compute, threads, preload=[module] if module else []) as how:
         bounds = frame_ranges(len(movie), movie.frames_per_shard, scheduler_workers(how), per_task)
-        tasks = []
+        tasks, frames = [], []
         for start, stop in bounds:
             extra = {} if chunk_kwargs is None else chunk_kwargs(start, stop)
             if extra is None:
@@ -330,7 +337,10 @@ def map_frame_chunks(
             tasks.append(
                 dask.delayed(_apply_to_frames, pure=True)(func, path, start, stop, {**kwargs, **extra})
             )
-        parts = dask.compute(*tasks, **how)
+            frames.append(stop - start)
+        enabled = False if progress is None else None
+        with progress_report(progress or "", total=sum(frames), enabled=enabled) as advance:
+            parts = dask_compute(*tasks, advance=advance, weights=frames, **how)
     tables = [p for p in parts if isinstance(p, pd.DataFrame)]
     filled = [t for t in tables if len(t)]
     if filled:

@@ -664,7 +664,7 @@ def refine_movie(
 
         refined = map_frame_chunks(
             refine_frames, opened, compute=compute, threads=threads,
-            frames_per_task=resolved["frames_per_task"], chunk_kwargs=rows_of,
+            frames_per_task=resolved["frames_per_task"], chunk_kwargs=rows_of, progress="refine",
             diameter=diameter, method=method, **options,
         )
     if len(refined) != len(ordered):  # a lost row would be a bug, never a fit failure

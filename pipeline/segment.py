@@ -43,6 +43,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .compute import dask_scheduler, frame_ranges, scheduler_workers, validate_compute
+from .progress import dask_compute, progress
 from .io.movie import Movie, MovieError, create_movie, open_movie, update_attributes
 from .io.schema import check_section, section_defaults
 
@@ -280,7 +281,11 @@ def segment_movie(
     mark_as_labels(output, source_image=movie.path)
     timestamps = movie.timestamps()
     n_objects = 0
-    with writer, dask_scheduler(compute, threads, preload=[__name__]) as how:
+    with (
+        writer,
+        dask_scheduler(compute, threads, preload=[__name__]) as how,
+        progress("segment", total=len(movie)) as advance,
+    ):
         workers = scheduler_workers(how)
         bounds = frame_ranges(len(movie), movie.frames_per_shard, workers, per_task)
         # waves of one task per worker: parallel compute, writes in frame order
@@ -292,7 +297,8 @@ def segment_movie(
                 )
                 for a, b in wave
             ]
-            for (start, stop), labels in zip(wave, dask.compute(*tasks, **how)):
+            computed = dask_compute(*tasks, advance=advance, weights=[b - a for a, b in wave], **how)
+            for (start, stop), labels in zip(wave, computed):
                 for k, frame_labels in enumerate(labels):
                     index = start + k
                     if index in dropped:

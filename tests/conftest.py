@@ -35,6 +35,17 @@ def skip_or_fail(reason: str):
 
 
 @pytest.fixture(scope="session")
+def laptrack():
+    """laptrack, a real tracker whose own geff export tests/test_geff.py reads
+    (the test extra): skips locally without it, fails on CI."""
+    try:
+        import laptrack
+    except ImportError:
+        skip_or_fail("laptrack is not installed (pip install -e '.[test]')")
+    return laptrack
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster() -> dict:
     """A one-node SLURM cluster on this machine, started by tests/setup_slurm.sh
     (idempotent: a cluster already up is reused). Returns its partition and the

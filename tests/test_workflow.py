@@ -37,6 +37,7 @@ RUN_FILES = (
     "refined.parquet",
     "tracks.parquet",
     "flow.parquet",
+    "tracks.geff",
     "sizes.parquet",
     "distribution.csv",
     "summary.json",
@@ -75,13 +76,18 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, list[str]]:
 
 
 def output_times(workdir: Path) -> dict[str, int]:
-    """Modification time of every output (a store by its root metadata)."""
+    """Modification time of every output (a store by its root metadata: a
+    movie's zarr.json, tracks.geff's .zattrs)."""
     times = {}
     for path in (workdir / "results").rglob("*"):
-        if path.name == "zarr.json" and path.parent.name.endswith(".ome.zarr"):
-            times[str(path.parent.relative_to(workdir))] = path.stat().st_mtime_ns
-        elif path.is_file() and ".ome.zarr" not in str(path) and "logs" not in path.parts:
-            times[str(path.relative_to(workdir))] = path.stat().st_mtime_ns
+        relative = path.relative_to(workdir)
+        if "logs" in relative.parts or not path.is_file():
+            continue
+        store = next((p for p in relative.parents if p.name.endswith((".ome.zarr", ".geff"))), None)
+        if store is None:
+            times[str(relative)] = path.stat().st_mtime_ns
+        elif relative.parent == store and path.name in ("zarr.json", ".zattrs"):
+            times[str(store)] = path.stat().st_mtime_ns
     return times
 
 

@@ -24,6 +24,7 @@ to :func:`acquire` as the source.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ import zmq
 from ..io.movie import Movie, MovieError, open_movie
 from ..io.schema import check_section
 from ..io.tables import write_table
+from ..progress import progress as progress_report
 from . import wire
 from .camera import Camera, CameraFrame, SimulatedCamera, paced
 from .preview import preview
@@ -112,6 +114,7 @@ def acquire(
     pub_endpoint: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    report: bool | None = None,
     run: str | None = None,
     keys: str | os.PathLike | None = None,
     insecure: bool = False,
@@ -143,6 +146,11 @@ def acquire(
         Replace an existing store.
     progress : bool
         A live progress line on stderr (frames, fps, MB/s, dropped).
+    report : bool, optional
+        Report the frames written to disk of those expected through
+        :func:`pipeline.progress.progress` (a bar on a terminal, log lines
+        with percentage, rate and time left elsewhere, as in a Snakemake
+        job's log). By default it does when ``progress`` is off; False never.
     run : str, optional
         Run name in the messages (default: the output's parent directory).
     keys : path-like, optional
@@ -212,7 +220,8 @@ def acquire(
                 settings["rate_fps"],
                 buffer_frames=settings["camera_buffer_frames"],
             )
-        with _signals_as_interrupt():
+        reporting = (not progress) if report is None else bool(report)
+        with _signals_as_interrupt(), _written_progress(output, frames_expected, enabled=reporting):
             try:
                 publish(
                     stream,
@@ -245,6 +254,45 @@ def acquire(
         if ipc_dir is not None:
             shutil.rmtree(ipc_dir, ignore_errors=True)
     return open_movie(output)
+
+
+def _frames_written(store: Path) -> int | None:
+    """The writer's count of frames on disk, from the store's metadata
+    (replaced atomically after every shard); None before the store exists."""
+    try:
+        with open(store / "zarr.json", encoding="utf-8") as fh:
+            return int(json.load(fh)["attributes"]["trackflow"]["frames_written"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _written_progress(store: Path, total: int | None, *, enabled: bool, poll_s: float = 0.5) -> Iterator[None]:
+    """Report the writer's frames on disk of ``total`` while the block runs:
+    a thread of this process reads them from the store the writer process
+    is writing (nothing more crosses between the processes)."""
+    with progress_report("acquire", total=total, enabled=None if enabled else False) as advance:
+        if advance.mode == "off":
+            yield
+            return
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.wait(poll_s):
+                n = _frames_written(store)
+                if n is not None:
+                    advance.update_to(n)
+
+        poller = threading.Thread(target=poll, name="trackflow-acquire-progress", daemon=True)
+        poller.start()
+        try:
+            yield
+        finally:
+            done.set()
+            poller.join()
+            n = _frames_written(store)
+            if n is not None:
+                advance.update_to(n)
 
 
 def run(

@@ -12,14 +12,17 @@ columns:
     Run id; outputs go to ``{results}/{run}/``.
 ``source``
     ``simulated`` or a path: a glob or directory of images, a ``.tif`` stack,
-    a ``.zarr`` store. Relative paths resolve against the directory Snakemake
-    (or the caller) runs in, not against the TSV's directory.
+    a ``.zarr`` store, or a ``.geff`` store of tracks made by another tracker
+    (its run skips acquire, locate, refine and link). Relative paths resolve
+    against the directory Snakemake (or the caller) runs in, not against the
+    TSV's directory.
 ``group`` (optional)
     Replicate group; runs of a group are merged into ``{results}/groups/{group}/``.
 ``settings`` (optional)
     A YAML flow mapping of source settings, e.g.
     ``{diameters_nm: [100], n_frames: 150, seed: 1}`` or
-    ``{channel: 1, pixel_size_um: 0.3509, frame_interval_s: 0.041667}``.
+    ``{channel: 1, pixel_size_um: 0.3509, frame_interval_s: 0.041667}``; for
+    a geff store the keys of :data:`pipeline.io.geff.GEFF_SETTINGS`.
 ``overrides`` (optional)
     A YAML flow mapping of stage keys for this run only, e.g.
     ``{locate: {minmass: 30}}``.
@@ -38,6 +41,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .geff import GEFF_SETTINGS
 from .schema import SCHEMA_DIR, ConfigError, read_yaml as _read_yaml, validate as _validate
 
 __all__ = [
@@ -121,11 +125,14 @@ def _flow_mapping(text: str, where: str) -> dict:
 
 
 def infer_kind(source: str) -> str:
-    """The kind of a source: ``simulated``, ``zarr``, ``tiff`` or ``images``."""
+    """The kind of a source: ``simulated``, ``zarr``, ``tiff``, ``images`` or
+    ``geff`` (tracks, not a movie)."""
     if source == "simulated":
         return "simulated"
     stripped = source.rstrip("/")
     lower = stripped.lower()
+    if lower.endswith(".geff"):
+        return "geff"
     if lower.endswith(".zarr"):
         return "zarr"
     if glob.has_magic(stripped) or os.path.isdir(stripped):
@@ -136,7 +143,7 @@ def infer_kind(source: str) -> str:
         return "images"
     raise ConfigError(
         f"cannot tell the kind of source {source!r}: give 'simulated', a glob or directory of "
-        "images, a .tif stack or a .zarr store, or set 'kind' in the run's settings"
+        "images, a .tif stack, a .zarr store or a .geff store of tracks, or set 'kind' in the run's settings"
     )
 
 
@@ -182,6 +189,8 @@ def parse_runs(rows: Iterable[Mapping[str, str]], config: Mapping[str, Any], *, 
         if (kind == "simulated") != (record["source"] == "simulated"):
             raise ConfigError(f"{label}: settings.kind {kind!r} does not fit source {record['source']!r}")
         record["kind"] = kind
+        if kind == "geff":
+            _check_geff_run(record, label)
         if kind != "simulated":
             # files carry no trustworthy physical scale: say so before any job runs
             missing = [k for k in ("pixel_size_um", "frame_interval_s") if record["settings"].get(k) is None]
@@ -213,6 +222,23 @@ def parse_runs(rows: Iterable[Mapping[str, str]], config: Mapping[str, Any], *, 
     return runs
 
 
+def _check_geff_run(record: Mapping[str, Any], label: str) -> None:
+    """A run whose tracks come from a geff store: its settings are the
+    physical conditions (:data:`GEFF_SETTINGS`), and only the size stage
+    runs on it, so it can override only ``size``."""
+    unknown = sorted(set(record["settings"]) - set(GEFF_SETTINGS) - {"kind"})
+    if unknown:
+        raise ConfigError(f"{label}: settings: unknown key(s) {unknown} for a geff source "
+                          f"(allowed: {', '.join(GEFF_SETTINGS)})")
+    for key in ("space_unit", "time_unit"):
+        if record["settings"].get(key) is not None and not isinstance(record["settings"][key], str):
+            raise ConfigError(f"{label}: settings: {key} must be a unit name, got {record['settings'][key]!r}")
+    stages = sorted(set(record["overrides"]) - {"size"})
+    if stages:
+        raise ConfigError(f"{label}: overrides: {', '.join(stages)}: a geff source's tracks are sized as they "
+                          "are (only size runs on them)")
+
+
 def load_runs(path: str | os.PathLike, config: Mapping[str, Any], *, schema_dir=None) -> list[dict]:
     """Read and validate ``runs.tsv``.
 
@@ -229,7 +255,7 @@ def load_runs(path: str | os.PathLike, config: Mapping[str, Any], *, schema_dir=
     list of dict
         One per run, in file order: ``run``, ``source`` (as written; relative
         paths resolve against the working directory), ``kind``
-        (``simulated``/``images``/``tiff``/``zarr``), ``group`` (or None),
+        (``simulated``/``images``/``tiff``/``zarr``/``geff``), ``group`` (or None),
         ``settings`` and ``overrides`` (dicts).
     """
     path = Path(path)

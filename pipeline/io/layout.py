@@ -23,6 +23,7 @@ RUN_FILES: dict[str, str] = {
     "refined": "refined.parquet",
     "tracks": "tracks.parquet",
     "flow": "flow.parquet",
+    "geff": "tracks.geff",
     "sizes": "sizes.parquet",
     "distribution": "distribution.csv",
     "summary": "summary.json",

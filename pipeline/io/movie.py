@@ -358,6 +358,7 @@ class MovieWriter:
 
     def _publish(self, n_frames: int, complete: bool, n_written: int | None = None) -> None:
         """Atomically publish shape and metadata for the first ``n_frames``."""
+        from .provenance import environment_lock_sha256  # not with the package: see tables.write_table
         n_written = self._n_written if n_written is None else n_written
         with self._lock:
             n_frames = max(n_frames, self._on_disk_until)
@@ -381,6 +382,7 @@ class MovieWriter:
                 "first_seq": self.first_seq,
                 "frames_per_shard": self.frames_per_shard,
                 "trackflow_version": __version__,
+                "environment_lock_sha256": environment_lock_sha256(),
             }
             update_attributes(self.path, {"trackflow": attrs})
 
@@ -536,6 +538,9 @@ class Movie:
     axes : tuple of str
     scale : tuple of float
         Per axis: seconds for t, µm for space.
+    units : tuple of str or None
+        Per axis, the OME-Zarr unit (``second``, ``micrometer``); None where
+        the store names none.
     attrs : dict
         The ``trackflow`` acquisition metadata.
     """
@@ -554,6 +559,7 @@ class Movie:
         try:
             ms = ome["multiscales"][0]
             axes = tuple(a["name"] for a in ms["axes"])
+            units = tuple(a.get("unit") for a in ms["axes"])
             dataset = ms["datasets"][0]
             scale = next(
                 c["scale"] for c in dataset["coordinateTransformations"] if c["type"] == "scale"
@@ -573,6 +579,7 @@ class Movie:
                 "expected (t, y, x) or (t, z, y, x)"
             )
         self.axes = axes
+        self.units = units
         self.scale = tuple(float(s) for s in scale)
         self.attrs: dict = dict(root.attrs.get("trackflow", {}))
         self._root = root

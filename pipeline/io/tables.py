@@ -1,9 +1,11 @@
 """Tables between stages: Parquet files with provenance in their metadata.
 
 Every table carries, in the Parquet key-value metadata under ``trackflow``,
-the package version, the stage that wrote it, that stage's parameters and the
-versions of Python and the scientific libraries it ran with (``versions``), so
-an output always says what made it.
+the package version, the stage that wrote it, that stage's parameters, the
+versions of Python and the scientific libraries it ran with (``versions``)
+and the hash of the lock the environment was installed from
+(``environment_lock_sha256``, null if none; :mod:`pipeline.io.provenance`),
+so an output always says what made it.
 
 Column contracts (positions in pixels, trackpy's convention):
 
@@ -107,11 +109,16 @@ def write_table(
     extra : mapping
         Anything else worth recording (inputs, counts, summary figures).
     """
+    # imported here, not with the package: `python -m pipeline.io.provenance`
+    # (the install step) must not find the module already imported
+    from .provenance import environment_lock_sha256
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     provenance = {
         "trackflow_version": __version__,
+        "environment_lock_sha256": environment_lock_sha256(),
         "stage": stage,
         "params": dict(params or {}),
         "versions": library_versions(),

@@ -16,7 +16,9 @@ mean appearance is off, counts them, and optionally measures the drift
 links, and writes ``tracks.parquet`` (the kept rows plus ``particle``, sorted
 by particle then frame) with the parameters and the counts of what was kept
 and removed in its provenance; optionally ``flow.parquet``, the displacement
-vectors of the accepted one-frame links.
+vectors of the accepted one-frame links, and ``tracks.geff``, the same
+tracks in the graph exchange file format for other tracking tools
+(:func:`pipeline.io.geff.write_tracks_geff`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from ..io.geff import write_tracks_geff
 from ..io.movie import MovieError, open_movie
 from ..io.schema import check_section
 from ..io.tables import FEATURE_COLUMNS, drift_columns, position_columns, read_table, write_table
@@ -79,6 +82,7 @@ def run(
     movie: str | os.PathLike | None = None,
     flow_output: str | os.PathLike | None = None,
     *,
+    geff_output: str | os.PathLike | None = None,
     compute: Mapping[str, Any] | None = None,
     threads: int | None = None,
 ) -> pd.DataFrame:
@@ -103,6 +107,11 @@ def run(
     flow_output : path, optional
         Where to write ``flow.parquet``: the displacement vectors of the
         accepted one-frame links (:func:`pipeline.link.nearest.step_vectors`).
+    geff_output : path, optional
+        Where to write the tracks as a geff store (``tracks.geff``), with
+        physical positions and times from the movie (required then), the
+        movie as its related image, and this stage's provenance
+        (:func:`pipeline.io.geff.write_tracks_geff`).
     compute : mapping, optional
         The ``compute`` config section, for the flow linker's appearance
         step (:func:`pipeline.compute.dask_scheduler`). Not a parameter of
@@ -118,6 +127,9 @@ def run(
         The tracks, as written.
     """
     params = check_section("link", params)
+    if geff_output is not None and movie is None:
+        raise ValueError("link: writing tracks.geff needs the movie (for its pixel size and frame interval); "
+                         "pass movie=")
     table = read_table(features, required=FEATURE_COLUMNS, stage="locate or refine")
     pos = position_columns(table)
     options = {key: value for key, value in params.items() if key not in ("method", "search_range_um", "flow")}
@@ -155,5 +167,13 @@ def run(
     write_table(tracks, output, stage="link", params=params, extra=extra)
     if flow_output is not None:
         write_table(step_vectors(tracks), flow_output, stage="link", params=params, extra={"input": str(features)})
+    if geff_output is not None:
+        mov = open_movie(movie)
+        # what the size stage reads from the movie, so that the store can be sized without it
+        conditions = {key: mov.metadata(key) for key in ("exposure_s", "temperature_K", "viscosity_Pa_s")}
+        write_tracks_geff(
+            tracks, geff_output, pixel_size_um=list(mov.pixel_size_um), frame_interval_s=mov.frame_interval_s,
+            movie=movie, stage="link", params=params, extra={**extra, **conditions},
+        )
     log.info("link: %d features -> %d tracks of %d features", len(table), tracks["particle"].nunique(), len(tracks))
     return tracks

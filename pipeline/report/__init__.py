@@ -45,6 +45,7 @@ from ..io.files import atomic_write
 from ..io.layout import RUN_FILES, group_files, run_files
 from ..io.movie import Movie, open_movie
 from ..io.nta import experiment_summary_csv, figure_value
+from ..io.provenance import environment_lock_sha256
 from ..io.schema import check_section
 from ..io.tables import (
     OBJECT_COLUMNS,
@@ -99,6 +100,8 @@ _QC_KEYS = {
 _TABLES = ("features", "refined", "tracks", "flow", "sizes", "truth")
 _OPTIONAL = ("flow", "truth", "refined")  # absent by design for some runs
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# the stage of a tracks table imported from another tracker's geff store (pipeline.io.geff)
+_GEFF_IMPORT = "import_geff"
 # the refine stage's fit_status values
 _FITTED, _FAILED = "fitted", "failed"
 # tracks drawn over the movie frame: the longest ones, enough to see the motion
@@ -193,6 +196,9 @@ def load_run(
         data.movie = open_movie(present["movie"])
     else:
         note_missing("movie")
+    if data.meta.get("tracks", {}).get("stage") == _GEFF_IMPORT:
+        # another tracker's tracks: there is no movie and no feature table to miss
+        data.missing = [m for m in data.missing if m not in (RUN_FILES["movie"], RUN_FILES["features"])]
     return data
 
 
@@ -478,6 +484,14 @@ def _left_out(data: RunData) -> list[tuple[str, str, str, str]]:
     link = data.meta.get("tracks", {})
     lp = link.get("params") or {}
     rows = []
+    geff = link.get("geff") if link.get("stage") == _GEFF_IMPORT else None
+    if isinstance(geff, Mapping):  # nothing is left out: branched tracks are split
+        where = (f"from {link.get('input', 'a geff store')}: {fmt(geff.get('n_nodes'))} detections, "
+                 f"{fmt(geff.get('n_tracks'))} tracks")
+        rows.append(("geff import", "tracks split at divisions", fmt(geff.get("n_divisions")),
+                     f"each branch a track of its own, no detection dropped ({where})"))
+        rows.append(("geff import", "tracks split at merges", fmt(geff.get("n_merges")),
+                     f"{fmt(geff.get('n_edges_cut'))} edges cut in all"))
     if "stubs_removed" in link:
         rows.append(("link", "short tracks (stubs)", fmt(link["stubs_removed"]),
                      f"fewer than link.min_length = {fmt(lp.get('min_length'))} frames; "
@@ -689,8 +703,15 @@ def _provenance(datas: Sequence[RunData], inputs: Sequence[tuple[str, str, str]]
                 recorded.setdefault(name, set()).add(str(version))
     versions = [(name, now.get(name, NA), ", ".join(sorted(recorded.get(name, ()))) or "not recorded")
                 for name in _VERSIONS]
+    # the lock the environment was installed from, now and as each output recorded it
+    recorded_by = [meta for data in datas for meta in data.provenance.values()]
+    recorded_by += [data.movie.attrs for data in datas if data.movie is not None]
+    recorded_by += [data.summary for data in datas if data.summary]
+    locks = {meta["environment_lock_sha256"] for meta in recorded_by if "environment_lock_sha256" in meta}
     return {
         "trackflow": __version__,
+        "environment_lock_sha256": environment_lock_sha256(),
+        "environment_locks_recorded": sorted(lock or "null (not installed from a lock)" for lock in locks),
         "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "config_sha256": config_sha256,
         "versions": versions,

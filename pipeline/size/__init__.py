@@ -8,7 +8,10 @@ in pixels) and the run's movie store, for the physical units and conditions:
 the per-axis pixel size, the frame interval, ``trackflow.exposure_s``,
 ``trackflow.temperature_K`` and ``trackflow.viscosity_Pa_s``. Flow or drift
 columns, when the linker wrote them, are subtracted from the steps
-(:mod:`pipeline.size.steps`).
+(:mod:`pipeline.size.steps`). Tracks made by another tracker come as a geff
+store (:mod:`pipeline.io.geff`), or as the table imported from one, often
+without a movie: the run's settings then give the conditions
+(:func:`~pipeline.size.conditions.settings_conditions`).
 
 Outputs: ``sizes.parquet`` (one row per valid track), ``distribution.csv``
 (the binned size distribution: Walker's maximum-likelihood estimate beside
@@ -54,6 +57,7 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
+from ..io.geff import check_settings, is_geff, read_tracks_geff
 from ..io.movie import open_movie
 from ..io.tables import (
     TRACK_COLUMNS,
@@ -64,7 +68,7 @@ from ..io.tables import (
     read_table,
     write_table,
 )
-from .conditions import movie_conditions
+from .conditions import movie_conditions, settings_conditions
 from .diffusion import blur_factor, cve, msd_fit, optimal_msd_points, track_diffusion
 from .distribution import distribution_figures, distribution_peaks
 from .ensemble import ensemble_msd, fit_powerlaw
@@ -108,7 +112,7 @@ log = logging.getLogger("trackflow.size")
 
 def run(
     tracks: str | os.PathLike,
-    movie: str | os.PathLike,
+    movie: str | os.PathLike | None,
     sizes: str | os.PathLike,
     distribution: str | os.PathLike,
     summary: str | os.PathLike,
@@ -116,15 +120,25 @@ def run(
     summary_csv: str | os.PathLike | None = None,
     *,
     run_name: str | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The size stage on files: ``tracks.parquet`` + movie store ->
-    ``sizes.parquet``, ``distribution.csv``, ``summary.json``.
+    """The size stage on files: ``tracks.parquet`` (or a geff store) + movie
+    store -> ``sizes.parquet``, ``distribution.csv``, ``summary.json``.
 
     Conditions come from the movie's metadata: pixel size per axis, frame
     interval, ``trackflow.exposure_s``, ``trackflow.temperature_K``,
     ``trackflow.viscosity_Pa_s``; the config's ``temperature_K`` and
     ``viscosity_Pa_s`` override them (viscosity falls back to water at T).
     Dropped frames are left out of the particles-per-frame average.
+
+    Tracks from another tracker: ``tracks`` may be a geff store (read by
+    :func:`pipeline.io.geff.read_tracks_geff`), and ``movie`` None. The
+    conditions then come from ``settings`` (a geff run's settings,
+    :data:`pipeline.io.geff.GEFF_SETTINGS`: ``pixel_size_um``,
+    ``frame_interval_s``, ``exposure_s``, ``temperature_K``,
+    ``viscosity_Pa_s``; ``space_unit`` and ``time_unit`` for axes that
+    state none), over what a geff store written by trackflow records; the
+    field of view is then unknown, so no concentration is given.
 
     ``run_name`` is the run's name, recorded as the summary's ``run`` (None
     when not given); the caller knows it (the workflow's ``{run}``), the
@@ -141,14 +155,37 @@ def run(
     CSV in the layout of an NTA instrument's export (:func:`summary_row`).
     """
     p = check_params(params)
-    table = read_table(tracks, required=TRACK_COLUMNS, stage="link")
-    mov = open_movie(movie)
+    settings = check_settings(settings, f"size {tracks}")
+    conditions = {k: v for k, v in settings.items() if k not in ("space_unit", "time_unit") and v is not None}
+    if movie is not None and conditions:
+        raise ValueError(f"size {tracks}: settings {sorted(conditions)} are for tracks without a movie; "
+                         f"the movie {movie} gives the conditions")
+    mov = open_movie(movie) if movie is not None else None
+    stated: dict[str, Any] = {}
+    if is_geff(tracks):
+        reading = {key: settings.get(key) for key in ("pixel_size_um", "frame_interval_s", "space_unit", "time_unit")}
+        if mov is not None:
+            reading.update(pixel_size_um=list(mov.pixel_size_um), frame_interval_s=mov.frame_interval_s)
+        table = read_tracks_geff(tracks, **reading)
+        stated = table.attrs["geff"]
+        for note in stated["notes"]:
+            log.warning("size %s: %s", tracks, note)
+    else:
+        table = read_table(tracks, required=TRACK_COLUMNS, stage="link")
     pos = position_columns(table)
-    if len(pos) != mov.ndim:
-        raise ValueError(
-            f"{tracks} has {len(pos)}D positions {pos} but movie {movie} is {mov.ndim}D"
-        )
-    cond = movie_conditions(mov, movie, p)
+    if mov is not None:
+        if len(pos) != mov.ndim:
+            raise ValueError(
+                f"{tracks} has {len(pos)}D positions {pos} but movie {movie} is {mov.ndim}D"
+            )
+        cond = movie_conditions(mov, movie, p)
+    else:
+        # a store trackflow wrote records the conditions; the run's settings win
+        recorded = stated.get("trackflow") or {}
+        given = {key: recorded.get(key) for key in ("exposure_s", "temperature_K", "viscosity_Pa_s")}
+        given.update(pixel_size_um=stated.get("pixel_size_um"), frame_interval_s=stated.get("frame_interval_s"))
+        given = {key: value for key, value in given.items() if value is not None}
+        cond = settings_conditions({**given, **conditions}, p, ndim=len(pos), where=str(tracks))
     section = {k: v for k, v in p.items() if k not in ("temperature_K", "viscosity_Pa_s")}
     sizes_df, dist_df, summ = size_tracks(
         table, pixel_size_um=cond["pixel_size_um"], frame_interval_s=cond["frame_interval_s"],
@@ -156,27 +193,31 @@ def run(
         viscosity_Pa_s=cond["viscosity_Pa_s"], field_of_view_um2=cond["field_of_view_um2"],
         n_frames=cond["n_frames"], **{**section, "depth_um": cond["depth_um"]},
     )
+    if mov is None and cond["depth_um"] is not None:
+        summ["notes"].append("concentration not computed: without a movie the field of view is unknown")
     if cond["viscosity_source"] is not None:
         summ["viscosity_source"] = cond["viscosity_source"]
     summ["temperature_source"] = cond["temperature_source"]
     summ["depth_source"] = cond["depth_source"]
     summ["params"] = p
     summ["run"] = run_name
-    summ["movie"] = str(movie)
+    summ["movie"] = None if movie is None else str(movie)
     summ["dropped_frames"] = cond["dropped_frames"]
     for note in summ["notes"]:
         log.warning("size %s: %s", tracks, note)
-    write_table(
-        sizes_df, sizes, stage="size", params=p,
-        extra={
-            "inputs": {"tracks": str(tracks), "movie": str(movie)},
-            "n_tracks": summ["n_tracks"],
-            "n_tracks_in": summ["n_tracks_in"],
-            "n_tracks_short": summ["n_tracks_short"],
-            "temperature_K": summ["temperature_K"],
-            "viscosity_Pa_s": summ["viscosity_Pa_s"],
-        },
-    )
+    extra: dict[str, Any] = {
+        "inputs": {"tracks": str(tracks), "movie": None if movie is None else str(movie)},
+        "n_tracks": summ["n_tracks"],
+        "n_tracks_in": summ["n_tracks_in"],
+        "n_tracks_short": summ["n_tracks_short"],
+        "temperature_K": summ["temperature_K"],
+        "viscosity_Pa_s": summ["viscosity_Pa_s"],
+    }
+    if settings:
+        extra["settings"] = settings
+    if stated:
+        extra["geff"] = {k: v for k, v in stated.items() if k != "trackflow"}
+    write_table(sizes_df, sizes, stage="size", params=p, extra=extra)
     _write_csv(dist_df, distribution)
     _write_json(summ, summary)
     if summary_csv is not None:

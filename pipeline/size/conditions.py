@@ -1,6 +1,7 @@
 """The physical conditions of a measurement: frame interval, pixel size,
-exposure, temperature and viscosity, checked, from arguments or from the
-movie's acquisition metadata."""
+exposure, temperature and viscosity, checked, from arguments, from the
+movie's acquisition metadata, or from a run's settings when its tracks came
+without a movie (another tracker's geff store)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ __all__ = [
     "is_number",
     "temperature_and_viscosity",
     "movie_conditions",
+    "settings_conditions",
 ]
 
 log = logging.getLogger("trackflow.size")
@@ -155,3 +157,80 @@ def movie_conditions(mov, movie, p: Mapping[str, Any]) -> dict[str, Any]:
         "depth_um": depth,
         "depth_source": depth_source,
     }
+
+
+def settings_conditions(settings: Mapping[str, Any], p: Mapping[str, Any], *, ndim: int, where: str) -> dict[str, Any]:
+    """What :func:`movie_conditions` gives, from a run's settings instead of
+    a movie: for tracks made by another tracker (a geff store), where no
+    movie store holds the acquisition metadata.
+
+    Parameters
+    ----------
+    settings : mapping
+        ``pixel_size_um`` (µm, one value or one per axis) and
+        ``frame_interval_s`` (s), required; ``exposure_s`` (s; None: no
+        motion blur), ``temperature_K``, ``viscosity_Pa_s``, optional.
+    p : mapping
+        The checked ``size`` section: its ``temperature_K``,
+        ``viscosity_Pa_s`` and ``depth_um`` win over the settings.
+    ndim : int
+        The tracks' spatial dimensions.
+    where : str
+        The tracks, for messages.
+
+    Returns
+    -------
+    dict
+        The keys of :func:`movie_conditions`; without a movie the field of
+        view is unknown (None: no concentration), ``n_frames`` is None (the
+        tracks' frame span) and no frame counts as dropped.
+    """
+    missing = [key for key in ("pixel_size_um", "frame_interval_s") if settings.get(key) is None]
+    if missing:
+        raise ValueError(
+            f"{where}: no movie, and the run's settings lack {', '.join(missing)}: give them (runs.tsv settings, "
+            "or trackflow size -s pixel_size_um=0.2 -s frame_interval_s=0.033)"
+        )
+    try:
+        dt = check_interval(settings["frame_interval_s"])
+        px = pixel_sizes(settings["pixel_size_um"], ndim)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    exposure = _setting_number(settings.get("exposure_s"), "exposure_s", where)
+    if exposure is None:
+        log.warning("%s: no exposure_s in the run's settings; assuming no motion blur (R = 0)", where)
+    if p["temperature_K"] is not None:
+        T, t_source = p["temperature_K"], "config (size.temperature_K)"
+    else:
+        T, t_source = _setting_number(settings.get("temperature_K"), "temperature_K", where), "the run's settings"
+        if T is None:
+            raise ValueError(f"{where}: the temperature is unknown: set temperature_K in the run's settings "
+                             "or size.temperature_K in the config")
+    if p["viscosity_Pa_s"] is not None:
+        eta, eta_source = p["viscosity_Pa_s"], "config (size.viscosity_Pa_s)"
+    else:
+        eta = _setting_number(settings.get("viscosity_Pa_s"), "viscosity_Pa_s", where)
+        eta_source = "the run's settings" if eta is not None else None
+    depth = p["depth_um"]
+    return {
+        "frame_interval_s": dt,
+        "exposure_s": exposure,
+        "temperature_K": T,
+        "temperature_source": t_source,
+        "viscosity_Pa_s": eta,
+        "viscosity_source": eta_source,
+        "pixel_size_um": tuple(float(v) for v in px),
+        "field_of_view_um2": None,
+        "n_frames": None,
+        "dropped_frames": 0,
+        "depth_um": depth,
+        "depth_source": "config (size.depth_um)" if depth is not None else None,
+    }
+
+
+def _setting_number(value, key: str, where: str):
+    if value is None:
+        return None
+    if not is_number(value):
+        raise ValueError(f"{where}: the run's setting {key!r} must be a number, got {value!r}")
+    return float(value)

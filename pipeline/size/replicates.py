@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..io.provenance import environment_lock_sha256
 from .conditions import is_number
 from .distribution import FIGURES, distribution_figures
 
@@ -95,4 +96,5 @@ def merge_replicates(
         for s in summaries
     ]
     out["trackflow_version"] = __version__
+    out["environment_lock_sha256"] = environment_lock_sha256()
     return merged, out

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..io.provenance import environment_lock_sha256
 from ..io.tables import position_columns
 from ..physics import stokes_einstein_D, stokes_einstein_diameter
 from .conditions import check_interval, pixel_sizes, temperature_and_viscosity
@@ -201,6 +202,7 @@ def size_tracks(
         **msd,
         "notes": notes,
         "trackflow_version": __version__,
+        "environment_lock_sha256": environment_lock_sha256(),
         "params": p,
     }
     return sizes, distribution, summary

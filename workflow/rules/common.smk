@@ -56,8 +56,11 @@ def _alternatives(names):
 
 
 SIMULATED = [name for name, run in RUNS.items() if run["kind"] == "simulated"]
-SEGMENTED = [name for name, run in RUNS.items() if stage_params(config, run, "segment").get("enabled")]
-IMPORTED = [name for name, run in RUNS.items() if run["kind"] != "simulated"]
+# runs whose tracks another tracker made (a geff store): imported, then sized
+GEFF = [name for name, run in RUNS.items() if run["kind"] == "geff"]
+TRACKED = [name for name in RUNS if name not in GEFF]
+SEGMENTED = [name for name in TRACKED if stage_params(config, RUNS[name], "segment").get("enabled")]
+IMPORTED = [name for name in TRACKED if name not in SIMULATED]
 
 
 wildcard_constraints:
@@ -106,6 +109,27 @@ def acquire_input(wildcards):
     return source_files(RUNS[wildcards.run])
 
 
+def geff_source(wildcards):
+    return RUNS[wildcards.run]["source"]
+
+
+def geff_settings(wildcards):
+    return canonical({k: v for k, v in RUNS[wildcards.run]["settings"].items() if k != "kind"})
+
+
+def size_input(wildcards):
+    """The run's tracks, and its movie for the conditions; a geff run has
+    no movie: its settings give them (size_settings)."""
+    tracks = f"{RESULTS}/{wildcards.run}/tracks.parquet"
+    if wildcards.run in GEFF:
+        return {"tracks": tracks}
+    return {"tracks": tracks, "movie": f"{RESULTS}/{wildcards.run}/movie.ome.zarr"}
+
+
+def size_settings(wildcards):
+    return geff_settings(wildcards) if wildcards.run in GEFF else {}
+
+
 def run_outputs(name):
     return [f"{RESULTS}/{run}/{name}" for run in RUNS]
 
@@ -120,6 +144,10 @@ def size_group_params(wildcards):
 
 def run_files(name):
     """What the report reads of a run: the files the workflow makes for it."""
+    if name in GEFF:  # the imported tracks and their sizes
+        files = {key: f"{key}.{ext}" for key, ext in (("tracks", "parquet"), ("sizes", "parquet"))}
+        files.update(distribution="distribution.csv", summary="summary.json")
+        return {key: f"{RESULTS}/{name}/{file}" for key, file in files.items()}
     files = {
         "movie": "movie.ome.zarr",
         "features": "features.parquet",

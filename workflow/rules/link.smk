@@ -1,6 +1,11 @@
-# link: refined features -> results/{run}/tracks.parquet, and flow.parquet
-# (the accepted links' displacement vectors, for any method: the flow
-# linker's field, and what segment/reassign will read)
+# link: refined features -> results/{run}/tracks.parquet, flow.parquet (the
+# accepted links' displacement vectors, for any method: the flow linker's
+# field, and what segment/reassign will read) and tracks.geff (the tracks in
+# the graph exchange file format, for other tracking tools; a directory)
+#
+# import_geff: a run whose source is a geff store of another tracker's tracks
+# -> results/{run}/tracks.parquet, in the link stage's layout (divisions and
+# merges split into tracks of their own, counted in its provenance)
 
 
 rule link:
@@ -10,8 +15,11 @@ rule link:
     output:
         tracks=run_path("tracks.parquet"),
         flow=run_path("flow.parquet"),
+        geff=directory(run_path("tracks.geff")),
     log:
         log_path("link"),
+    wildcard_constraints:
+        run=_alternatives(TRACKED),
     threads: link_threads
     resources:
         **stage_resources("link"),
@@ -20,3 +28,21 @@ rule link:
         version=VERSION,
     script:
         "../scripts/link.py"
+
+
+rule import_geff:
+    input:
+        geff=geff_source,
+    output:
+        tracks=run_path("tracks.parquet"),
+    log:
+        log_path("import_geff"),
+    wildcard_constraints:
+        run=_alternatives(GEFF),
+    resources:
+        **stage_resources("link"),
+    params:
+        settings=geff_settings,
+        version=VERSION,
+    script:
+        "../scripts/import_geff.py"

@@ -1,11 +1,11 @@
-# size: tracks -> results/{run}/sizes.parquet, distribution.csv, summary.json;
+# size: tracks -> results/{run}/sizes.parquet, distribution.csv, summary.json
+# (conditions from the movie; for a geff run, which has none, its settings);
 # size_group: the runs of a replicate group merged -> results/groups/{group}/
 
 
 rule size:
     input:
-        tracks=run_path("tracks.parquet"),
-        movie=run_path("movie.ome.zarr"),
+        unpack(size_input),
     output:
         sizes=run_path("sizes.parquet"),
         distribution=report(
@@ -21,6 +21,7 @@ rule size:
         **stage_resources("size"),
     params:
         stage=section_params("size"),
+        settings=size_settings,
         version=VERSION,
     script:
         "../scripts/size.py"

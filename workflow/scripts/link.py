@@ -1,4 +1,4 @@
-"""Rule link: refined.parquet -> tracks.parquet, flow.parquet."""
+"""Rule link: refined.parquet -> tracks.parquet, flow.parquet, tracks.geff."""
 
 from pipeline.cli import log_to_file
 from pipeline.link import run
@@ -15,6 +15,7 @@ def main(smk) -> None:
         smk.params.stage,
         movie=smk.input.movie,
         flow_output=smk.output.flow,
+        geff_output=smk.output.geff,
         compute=smk.config["compute"],
         threads=smk.threads,
     )

@@ -7,14 +7,16 @@ from pipeline.size import run
 def main(smk) -> None:
     log_to_file(smk.log[0])
 
+    # a geff run has no movie: its settings give the conditions
     run(
         smk.input.tracks,
-        smk.input.movie,
+        smk.input.get("movie"),
         smk.output.sizes,
         smk.output.distribution,
         smk.output.summary,
         smk.params.stage,
         run_name=smk.wildcards.run,
+        settings=smk.params.settings or None,
     )
 
 
