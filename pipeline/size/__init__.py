@@ -14,7 +14,7 @@ without a movie: the run's settings then give the conditions
 (:func:`~pipeline.size.conditions.settings_conditions`).
 
 Outputs: ``sizes.parquet`` (one row per valid track), ``distribution.csv``
-(the binned size distribution: Walker's maximum-likelihood estimate beside
+(the binned size distribution: the maximum-likelihood estimate beside
 the naive per-track histogram, with the concentration per bin) and
 ``summary.json`` (the run's figures); optionally ``summary.csv``, the
 headline figures in the layout of an NTA instrument's export.
@@ -29,10 +29,15 @@ The estimators
 - Only single-frame steps enter: a track that skips frames (linking with
   memory) is cut into consecutive pieces for the step statistics, never
   read as a longer single step.
-- The size distribution by Walker's (2012) maximum-likelihood EM over a
-  log-spaced diameter grid, with each track's number of steps in its
-  likelihood and one localization error for all tracks (``size.sigma_um``,
-  else the median of the per-track estimates), beside the naive per-track
+- The size distribution by maximum likelihood over a log-spaced diameter
+  grid (Walker 2012), each track's likelihood the product over its steps,
+  so that its length counts: by default (``size.distribution: ems``) with
+  each track's own localization error shrunk towards the sample's by how
+  much the tracks truly differ, a fitted fraction of steps that are jumps
+  to a neighbour (mislinks, :mod:`pipeline.size.mislinks`), every track's
+  likelihood widened by the measured step dispersion, and the EM smoothed
+  by a width chosen by cross-validation (EMS, :mod:`pipeline.size.ems`);
+  ``walker`` is one σ for all tracks. Beside it the naive per-track
   histogram; bootstrap over tracks for the intervals of the mode and D50:
   :mod:`pipeline.size.walker`, :mod:`pipeline.size.distribution`.
 - Stokes–Einstein diameters (``pipeline.physics``); concentration from the
@@ -44,7 +49,8 @@ The modules
 ``parameters`` (the section, checked against its schema), ``conditions``
 (frame interval, pixel size, temperature, viscosity), ``steps`` (flow-
 corrected steps of all tracks), ``diffusion`` (per-track D), ``ensemble``
-(ensemble MSD), ``walker`` (Walker's EM), ``distribution`` (a distribution's
+(ensemble MSD), ``walker`` (Walker's EM), ``mislinks`` (the likelihood step
+by step, with jumps), ``ems`` (smoothed EM), ``distribution`` (a distribution's
 figures and bins), ``sample`` (all of these on one table:
 :func:`size_tracks`), ``replicates`` (merging runs), ``summary`` (the
 files). All take and return plain arrays and DataFrames; :func:`run` and

@@ -323,37 +323,48 @@ def step_dispersion(moments: pd.DataFrame, ndim: int, min_steps: float = DISPERS
     return phi, se
 
 
-def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float) -> tuple[np.ndarray, dict[str, float]]:
-    """Each track's localization variance: its own covariance estimate
-    shrunk towards the sample's ``sigma2`` by how much the tracks' σ truly
-    differ (a random-effects model, DerSimonian & Laird 1986).
-
-    A track's estimate σ̂²_j = R·<Δx²> + (2R − 1)·<Δx_nΔx_{n+1}> (per axis)
-    has sampling variance about v_j = (2R − 1)²·m_j²/(p_j·ndim) +
-    2R²·m_j²/(k_j·ndim), m_j its per-axis mean squared step, k_j its steps
-    and p_j its adjacent pairs. The between-track variance of the true σ² is
-    DerSimonian and Laird's moment estimate τ² = max(0, (Q − (n − 1)) /
-    (Σw − Σw²/Σw)), w_j = 1/v_j, Q = Σ w_j (σ̂²_j − σ̄²)², σ̄² the weighted
-    mean; and σ²_j = σ² + τ²/(τ² + v_j)·(σ̂²_j − σ²), clipped at 0. When the
-    tracks agree (Q about n − 1, as on simulated tracks, where τ² = 0) every
-    track takes ``sigma2``, Walker's model; on bulk_water, whose dim and
-    defocused tracks have several times the error of sharp ones, each long
-    track takes about its own. Tracks with fewer than 2 pairs keep ``sigma2``.
-
-    Returns
-    -------
-    (σ²_j per row of ``sizes``, {"heterogeneity": Q/(n − 1), "tau2_um4": τ²})
-    """
+def _sigma2_estimates(sizes: pd.DataFrame, ndim: int, R: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per track: which have a usable covariance estimate of σ² (2 or more
+    adjacent pairs), the estimates σ̂²_j and their sampling variances
+    v_j = (2R − 1)²·m_j²/(p_j·ndim) + 2R²·m_j²/(k_j·ndim), m_j the per-axis
+    mean squared step, k_j the steps and p_j the adjacent pairs (the
+    variance of a mean of products of adjacent steps and of squared steps,
+    for Gaussian steps)."""
     k = sizes["n_steps"].to_numpy(dtype=float)
     pairs = sizes["n_pairs"].to_numpy(dtype=float)
     m = sizes["mean_sq_step_um2"].to_numpy(dtype=float) / ndim
     own = sizes["sigma2_um2"].to_numpy(dtype=float)
     use = (pairs >= 2) & np.isfinite(own) & np.isfinite(m) & (m > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = (2.0 * R - 1.0) ** 2 * m**2 / (pairs * ndim) + 2.0 * R**2 * m**2 / (k * ndim)
+    return use, own, v
+
+
+def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float) -> tuple[np.ndarray, dict[str, float]]:
+    """Each track's localization variance: its own covariance estimate
+    shrunk towards the sample's ``sigma2`` by how much the tracks' σ truly
+    differ (a random-effects model, DerSimonian & Laird 1986).
+
+    With σ̂²_j and their sampling variances v_j (see :func:`_sigma2_estimates`),
+    the between-track variance of the true σ² is DerSimonian and Laird's
+    moment estimate τ² = max(0, (Q − (n − 1)) / (Σw − Σw²/Σw)), w_j = 1/v_j,
+    Q = Σ w_j (σ̂²_j − σ̄²)², σ̄² the weighted mean; and σ²_j = σ² +
+    τ²/(τ² + v_j)·(σ̂²_j − σ²), clipped at 0. When the tracks agree (Q
+    about n − 1, as on simulated tracks, where τ² = 0) every track takes
+    ``sigma2``, Walker's model; on bulk_water, whose dim and defocused
+    tracks have several times the error of sharp ones, the precise tracks
+    take about their own. Tracks with fewer than 2 pairs keep ``sigma2``.
+
+    Returns
+    -------
+    (σ²_j per row of ``sizes``, {"heterogeneity": Q/(n − 1), "tau2_um4": τ²})
+    """
+    use, own, v_all = _sigma2_estimates(sizes, ndim, R)
     base = max(float(sigma2), 0.0) if np.isfinite(sigma2) else 0.0
     out = np.full(len(sizes), base)
     if use.sum() < 3:
         return out, {"heterogeneity": float("nan"), "tau2_um4": 0.0}
-    v = (2.0 * R - 1.0) ** 2 * m[use] ** 2 / (pairs[use] * ndim) + 2.0 * R**2 * m[use] ** 2 / (k[use] * ndim)
+    v = v_all[use]
     w = 1.0 / v
     mean = np.sum(w * own[use]) / w.sum()
     Q = float(np.sum(w * (own[use] - mean) ** 2))
@@ -463,13 +474,15 @@ def track_diffusion(
     R = blur_factor(exposure_s, dt)
     st = track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=subtract_flow, outlier_p=outlier_p,
                      remove_outliers=remove_outliers)
+    # a track's length decides whether it is sized, not how many of its steps are excluded
+    long_enough = np.bincount(st["code"][:-1][st["step_ok"]], minlength=len(st["ids"])) >= max(int(min_steps), 1)
     if exclude_steps is not None:
         # left out like gaps: neither the steps nor the pairs they are in count
         step_ok = st["step_ok"] & ~np.asarray(exclude_steps, dtype=bool)
         st = {**st, "step_ok": step_ok, "pair_ok": step_ok[1:] & step_ok[:-1]}
     out = _per_track_moments(st)
     ndim = st["ndim"]
-    out = out[out["n_steps"] >= max(int(min_steps), 1)].reset_index(drop=True)
+    out = out[long_enough & (out["n_steps"].to_numpy() > 0)].reset_index(drop=True)
     pooled_D, pooled_s2 = pooled_cve(out, ndim, dt, R)
     pooled_s2_se = pooled_sigma2_se(out, ndim, R)
     dispersion, dispersion_se = step_dispersion(out, ndim)

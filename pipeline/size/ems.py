@@ -26,10 +26,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.schema import section_defaults
-from ..physics import stokes_einstein_D
 from .walker import walker_em
 
-__all__ = ["SMOOTHING_CANDIDATES", "cve_likelihood", "smoothing_matrix", "ems", "fit_distribution", "choose_smoothing"]
+__all__ = ["SMOOTHING_CANDIDATES", "smoothing_matrix", "ems", "fit_distribution", "choose_smoothing"]
 
 #: The ``size`` section's defaults (workflow/schemas/size.schema.yaml), for keyword defaults.
 _DEFAULTS = section_defaults("size")
@@ -39,65 +38,6 @@ _DEFAULTS = section_defaults("size")
 SMOOTHING_CANDIDATES = (0.0, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3)
 
 _WEIGHT_FLOOR = 1e-150  # as in walker.py: keeps products out of the subnormal range
-
-
-def cve_likelihood(
-    D_um2_s,
-    n_axis_steps,
-    *,
-    frame_interval_s: float,
-    temperature_K: float,
-    viscosity_Pa_s: float,
-    grid_nm: np.ndarray,
-    sigma2_um2: float = 0.0,
-    R: float = 0.0,
-    dispersion: float = 1.0,
-) -> np.ndarray:
-    """Likelihood matrix P[j, l] of track j's covariance estimate of D given
-    diameter grid point l, each row scaled so that its maximum is 1.
-
-    The CVE is unbiased whatever a track's own localization error, so unlike
-    the likelihood of the mean squared step (:func:`~pipeline.size.walker.
-    walker_likelihood`, which needs one σ for every track) a dim or
-    defocused track does not pose as a small fast particle. Its relative
-    sampling variance is c² = (6 + 4ε + 2ε²)/N + 4(1 + ε)²/N², ε = σ²/(DΔt)
-    − 2R, N the steps (per axis, pooled over axes; Vestergaard, Blainey &
-    Flyvbjerg 2014, eq. 15), with σ² the pooled estimate. Like a sum of
-    squared steps it is skewed to the right, and its spread grows with D,
-    so it is modelled as log-normal with that mean and variance: ln D̂ ~
-    N(ln D − s²/2, s²), s² = ln(1 + c²). (A normal with variance growing
-    with D biases the maximum-likelihood D low, by 7 % in d at 100 nm on
-    simulated tracks.) Only tracks with D̂ > 0 can be taken this way.
-
-    Parameters
-    ----------
-    D_um2_s : array (J,)
-        Per-track CVE estimates, µm²/s, positive.
-    n_axis_steps : array (J,)
-        Single-frame steps times the axes they were pooled over.
-    grid_nm : array (L,)
-    sigma2_um2 : float
-        Localization variance per axis, µm² (clipped at 0).
-    R : float
-        Motion-blur factor.
-
-    References
-    ----------
-    Vestergaard, C. L., Blainey, P. C. & Flyvbjerg, H. (2014) Optimal
-    estimation of diffusion coefficients from single-particle trajectories.
-    Phys. Rev. E 89:022726.
-    """
-    D_hat = np.asarray(D_um2_s, dtype=float)[:, None]
-    N = np.asarray(n_axis_steps, dtype=float)[:, None]
-    D = np.asarray(stokes_einstein_D(np.asarray(grid_nm, dtype=float), temperature_K, viscosity_Pa_s))[None, :]
-    if np.any(~(D_hat > 0)):
-        raise ValueError("cve_likelihood takes positive estimates of D only")
-    eps = max(float(sigma2_um2), 0.0) / (D * frame_interval_s) - 2.0 * R
-    c2 = float(dispersion) * ((6.0 + 4.0 * eps + 2.0 * eps**2) / N + 4.0 * (1.0 + eps) ** 2 / N**2)
-    s2 = np.log1p(c2)
-    logp = -0.5 * (np.log(D_hat) - np.log(D) + 0.5 * s2) ** 2 / s2 - 0.5 * np.log(s2)
-    logp -= logp.max(axis=1, keepdims=True)
-    return np.where(logp > -300.0, np.exp(np.maximum(logp, -300.0)), 0.0)
 
 
 def smoothing_matrix(grid_nm: np.ndarray, width: float) -> np.ndarray:

@@ -77,8 +77,8 @@ def step_log_likelihood(
     theta : array (J, L)
         Each track's mean squared step at each grid diameter, µm².
     ndim : int
-    jump_fraction : float
-        ε in [0, 1).
+    jump_fraction : float or array (n,)
+        ε in [0, 1), per step or for all.
     log_jump : array (n,)
         :func:`jump_log_density` of each step.
     temper : float or array (J, L)
@@ -86,14 +86,27 @@ def step_log_likelihood(
     """
     J, L = theta.shape
     out = np.zeros((J, L))
-    eps = float(jump_fraction)
+    eps = np.broadcast_to(np.asarray(jump_fraction, dtype=float), sq.shape)
+    with np.errstate(divide="ignore"):
+        log_keep, log_jump_prior = np.log1p(-eps), np.log(eps)
     for a in range(0, len(sq), _BLOCK):
         rows = step_row[a:a + _BLOCK]
         logf = _brownian_log_density(sq[a:a + _BLOCK, None], theta[rows], ndim)
-        if eps > 0:
-            logf = np.logaddexp(np.log1p(-eps) + logf, np.log(eps) + log_jump[a:a + _BLOCK, None])
-        np.add.at(out, rows, logf)
+        if np.any(eps[a:a + _BLOCK] > 0):
+            logf = np.logaddexp(log_keep[a:a + _BLOCK, None] + logf,
+                                (log_jump_prior[a:a + _BLOCK] + log_jump[a:a + _BLOCK])[:, None])
+        _add_rows(out, rows, logf)
     return out * temper
+
+
+def _add_rows(out: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """out[rows[i]] += values[i], by runs of equal rows when ``rows`` is
+    sorted (steps come grouped by track), else unbuffered."""
+    if rows.size > 1 and np.all(rows[1:] >= rows[:-1]):
+        starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+        out[rows[starts]] += np.add.reduceat(values, starts, axis=0)
+    else:
+        np.add.at(out, rows, values)
 
 
 def jump_responsibilities(
@@ -107,15 +120,21 @@ def jump_responsibilities(
     log_jump: np.ndarray,
 ) -> np.ndarray:
     """Each step's probability of being a jump, averaged over its track's
-    posterior over the grid (``posterior`` (J, L), rows summing to 1)."""
-    eps = float(jump_fraction)
+    posterior over the grid (``posterior`` (J, L), rows summing to 1);
+    ``jump_fraction`` for all steps or per step."""
+    eps = np.broadcast_to(np.asarray(jump_fraction, dtype=float), sq.shape)
     r = np.zeros(len(sq))
-    if eps <= 0:
+    if not np.any(eps > 0):
         return r
+    # the grid points some track's posterior reaches (a few dozen of hundreds)
+    cols = posterior.max(axis=0) > 1e-12 * posterior.max()
+    theta, posterior = theta[:, cols], posterior[:, cols]
     for a in range(0, len(sq), _BLOCK):
         rows = step_row[a:a + _BLOCK]
-        lf = np.log1p(-eps) + _brownian_log_density(sq[a:a + _BLOCK, None], theta[rows], ndim)
-        lg = np.log(eps) + log_jump[a:a + _BLOCK, None]
+        e = eps[a:a + _BLOCK, None]
+        with np.errstate(divide="ignore"):
+            lf = np.log1p(-e) + _brownian_log_density(sq[a:a + _BLOCK, None], theta[rows], ndim)
+            lg = np.log(e) + log_jump[a:a + _BLOCK, None]
         r[a:a + _BLOCK] = np.sum(posterior[rows] * np.exp(lg - np.logaddexp(lf, lg)), axis=1)
     return r
 
@@ -126,6 +145,8 @@ def weighted_dispersion(sq: np.ndarray, step_row: np.ndarray, weight: np.ndarray
     of the steps weighted by ``weight`` (their probability of being Brownian),
     so that jumps, which the mixture already explains, do not count twice."""
     k = np.bincount(step_row, weights=weight, minlength=n_rows)
+    long_enough = np.bincount(step_row, minlength=n_rows) >= min_steps
+    k = np.where(long_enough, np.maximum(k, min_steps), 0.0)  # the track's length decides, not its jumps
     moments = pd.DataFrame({
         "n_steps": k,
         "sum_sq_um2": np.bincount(step_row, weights=weight * sq, minlength=n_rows),

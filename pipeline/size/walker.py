@@ -38,7 +38,6 @@ def walker_likelihood(
     sigma_um: float = 0.0,
     R: float = 0.0,
     n_pairs=None,
-    dispersion: float = 1.0,
 ) -> np.ndarray:
     """Likelihood matrix P[j, l] of track j's mean squared step m_j given
     diameter grid point l, each row scaled so that its maximum is 1 (EM only
@@ -82,7 +81,6 @@ def walker_likelihood(
         rho = -(s2 - 2.0 * R * D * dt) / (2.0 * per_axis)  # c / v
         pairs = np.asarray(n_pairs, dtype=float)[:, None]
         a = 0.5 * ndim * k**2 / (k + 2.0 * pairs * rho**2)
-    a = a / float(dispersion)
     logp = a * np.log(a) - special.gammaln(a) + (a - 1.0) * np.log(m) - a * np.log(theta) - a * m / theta
     logp -= logp.max(axis=1, keepdims=True)
     # Flush negligible likelihoods to zero: together with the weight floor
