@@ -116,6 +116,8 @@ FIT_ITERATIONS = 10
 POSITION_TOLERANCE = 3e-3
 #: Joint-fit sweeps over detections whose windows overlap.
 JOINT_SWEEPS = 3
+#: Residual detections must lie this many separations from every fitted spot.
+RESIDUAL_EXCLUSION = 1.5
 #: Candidates fitted in one vectorised block (bounds the memory of the Jacobian).
 BLOCK_VOXELS = 2_000_000
 
@@ -181,6 +183,7 @@ def _resolved_options(key: str) -> dict[str, Any]:
         opts["separation"] = tuple(max((d - 1) / 2.0, 1.0) for d in diam)
     else:
         opts["separation"] = _per_axis("matched.separation", opts["separation"], ndim)
+    opts["radius"] = _per_axis("matched.radius", opts["radius"], ndim)
     if opts["residual_rounds"] is None:
         opts["residual_rounds"] = 3 if ndim == 3 else 0
     opts["residual_rounds"] = int(opts["residual_rounds"])
@@ -449,30 +452,113 @@ def _valid_mask(shape: tuple[int, ...], half: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
-def _model(theta: np.ndarray, offsets: Sequence[np.ndarray], sigma: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Gaussian model per window and its pieces: g, u_i / s_i, Σ u_i², s."""
-    ndim = len(offsets)
-    scale = np.exp(theta[:, ndim + 2])[:, None]  # (N, 1)
-    s = sigma[None, :] * scale  # (N, ndim)
-    quad = np.zeros((theta.shape[0], offsets[0].size))
-    parts = []
-    for i in range(ndim):
-        u = (offsets[i][None, :] - theta[:, i : i + 1]) / s[:, i : i + 1]
-        quad += u * u
-        parts.append(u / s[:, i : i + 1])
-    g = np.exp(-0.5 * quad)
-    return g, parts, quad, s
+#: Gaussians whose sum approximates a ball (radius 1) in :class:`Template`.
+BALL_COMPONENTS = 5
 
 
-def _jacobian(theta: np.ndarray, g: np.ndarray, parts: Sequence[np.ndarray], quad: np.ndarray) -> np.ndarray:
-    ndim = len(parts)
-    amp_g = theta[:, ndim : ndim + 1] * g
+@lru_cache(maxsize=1)
+def _ball_mixture() -> tuple[np.ndarray, np.ndarray]:
+    """Weights and widths (in units of the radius) of centred Gaussians whose
+    sum approximates a uniform ball of radius 1 with a partial-volume edge a
+    pixel wide (least squares on the radial profile, weighted by the 3D
+    measure r²). Blurred by a Gaussian PSF each component stays a Gaussian,
+    so a blurred ball is a sum of Gaussians (Gaussian-mixture approximation
+    of a blurred sphere; its error after the PSF is a few per cent of the
+    peak for radius/PSF ≲ 5)."""
+    widths = np.linspace(0.2, 1.0, BALL_COMPONENTS)
+    rho = np.linspace(0.0, 4.0, 1600)
+    profile = 0.5 * (1.0 - np.tanh((rho - 1.0) / 0.09))
+    basis = np.exp(-0.5 * (rho[:, None] / widths[None, :]) ** 2)
+    weight = np.sqrt(rho**2 + 0.05)
+    # and, heavily weighted, the ball's volume 4π/3 and second moment ∫x² = 4π/15
+    norm = (2 * np.pi) ** 1.5 * widths**3
+    rows = np.vstack([basis * weight[:, None], 100 * norm, 100 * norm * widths**2])
+    target = np.concatenate([profile * weight, [100 * 4 * np.pi / 3, 100 * 4 * np.pi / 15]])
+    coefficients, *_ = np.linalg.lstsq(rows, target, rcond=None)
+    return coefficients, widths
+
+
+class Template:
+    """The spot model: a Gaussian of s.d. ``sigma`` (``radius`` 0: a
+    point-like spot imaged by a Gaussian PSF), or a ball of ``radius``
+    blurred by that Gaussian, as a sum of Gaussians with a common centre.
+
+    The model of one spot is A Σ_k w_k exp(−½ Σ_i ((x_i − c_i) / (s_ki e^τ))²),
+    its peak A Σ_k w_k; τ (a common width factor) is fitted for spots and
+    held at 0 for spheres, whose size is known (a fitted width would let one
+    wide model swallow two touching spheres).
+    """
+
+    def __init__(self, sigma: Sequence[float], radius: Sequence[float] | float = 0.0):
+        self.sigma = np.asarray(sigma, dtype=np.float64)
+        ndim = len(self.sigma)
+        radius = np.broadcast_to(np.asarray(radius, dtype=np.float64), (ndim,))
+        self.radius = radius.copy()
+        if np.all(radius <= 0):
+            self.weights = np.ones(1)
+            self.widths = self.sigma[None, :].copy()
+            self.fit_width = True
+        else:
+            coefficients, scales = _ball_mixture()
+            core = scales[:, None] * radius[None, :]  # (K, ndim)
+            self.widths = np.sqrt(core**2 + self.sigma[None, :] ** 2)
+            # a Gaussian of width s blurred by one of width σ keeps its integral: its peak drops by s / sqrt(s² + σ²)
+            self.weights = coefficients * np.prod(core / self.widths, axis=1)
+            self.fit_width = False
+        mass = self.weights * np.prod(np.sqrt(2 * np.pi) * self.widths, axis=1)
+        self.volume = float(mass.sum())  # integral of the model at A = 1
+        self.moment = (mass[:, None] * self.widths**2).sum(axis=0) / self.volume  # <x_i²> per axis
+        self.peak = float(self.weights.sum())
+        # the moment-matched s.d. sets the fit window
+        self.extent = np.sqrt(np.maximum(self.moment, self.sigma**2))
+
+    def filtered_peak(self, sigma: Sequence[float]) -> float:
+        """The template's peak after a Gaussian filter of ``sigma`` (normalised)."""
+        sigma = np.asarray(sigma, dtype=np.float64)
+        return float((self.weights * np.prod(self.widths / np.sqrt(self.widths**2 + sigma**2), axis=1)).sum())
+
+    def evaluate(self, theta: np.ndarray, offsets: Sequence[np.ndarray]) -> tuple[np.ndarray, list, np.ndarray]:
+        """g = Σ_k w_k g_k per window pixel, ∂g/∂c_i and ∂g/∂τ."""
+        ndim = len(offsets)
+        scale = np.exp(theta[:, ndim + 2])[:, None]  # (N, 1)
+        n, m = theta.shape[0], offsets[0].size
+        g = np.zeros((n, m))
+        dg_dc = [np.zeros((n, m)) for _ in range(ndim)]
+        dg_dtau = np.zeros((n, m))
+        for weight, widths in zip(self.weights, self.widths):
+            s = widths[None, :] * scale  # (N, ndim)
+            quad = np.zeros((n, m))
+            parts = []
+            for i in range(ndim):
+                u = (offsets[i][None, :] - theta[:, i : i + 1]) / s[:, i : i + 1]
+                quad += u * u
+                parts.append(u / s[:, i : i + 1])
+            gk = weight * np.exp(-0.5 * quad)
+            g += gk
+            for i in range(ndim):
+                dg_dc[i] += gk * parts[i]
+            dg_dtau += gk * quad
+        return g, dg_dc, dg_dtau
+
+
+def _template(opts: Mapping[str, Any]) -> Template:
+    return _cached_template(tuple(opts["sigma"]), tuple(opts["radius"]))
+
+
+@lru_cache(maxsize=16)
+def _cached_template(sigma: tuple[float, ...], radius: tuple[float, ...]) -> Template:
+    return Template(sigma, radius)
+
+
+def _jacobian(theta: np.ndarray, g: np.ndarray, dg_dc: Sequence[np.ndarray], dg_dtau: np.ndarray) -> np.ndarray:
+    ndim = len(dg_dc)
+    amp = theta[:, ndim : ndim + 1]
     jac = np.empty(g.shape + (ndim + 3,))
     for i in range(ndim):
-        jac[:, :, i] = amp_g * parts[i]
+        jac[:, :, i] = amp * dg_dc[i]
     jac[:, :, ndim] = g
     jac[:, :, ndim + 1] = 1.0
-    jac[:, :, ndim + 2] = amp_g * quad
+    jac[:, :, ndim + 2] = amp * dg_dtau
     return jac
 
 
@@ -481,14 +567,15 @@ def _lm(
     weight: np.ndarray,
     theta: np.ndarray,
     offsets: Sequence[np.ndarray],
-    sigma: np.ndarray,
+    template: Template,
     half: Sequence[int],
     iterations: int,
+    hold_background: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Levenberg–Marquardt on every window at once.
 
-    θ = (c_0..c_{D-1}, A, b, τ) per row; model b + A exp(−½ Σ ((x_i − c_i) /
-    (σ_i e^τ))²). Rows stop iterating once their position steps fall below
+    θ = (c_0..c_{D-1}, A, b, τ) per row; model b + A g(x − c; τ) with g the
+    :class:`Template` (τ held at 0 unless ``template.fit_width``). Rows stop iterating once their position steps fall below
     :data:`POSITION_TOLERANCE`. Returns θ, the final weighted sum of squares and JᵀWJ.
     """
     ndim = len(offsets)
@@ -499,7 +586,7 @@ def _lm(
     tau_low, tau_high = math.log(0.5), math.log(2.0)
 
     def evaluate(th, rows):
-        g, parts, quad, _ = _model(th, offsets, sigma)
+        g, parts, quad = template.evaluate(th, offsets)
         resid = data[rows] - (th[:, ndim + 1 : ndim + 2] + th[:, ndim : ndim + 1] * g)
         return g, parts, quad, resid, np.einsum("nm,nm->n", weight[rows] * resid, resid)
 
@@ -518,11 +605,18 @@ def _lm(
         # a width factor at its bound that the gradient pushes outwards is held there
         tau = th[:, ndim + 2]
         pinned = ((tau <= tau_low + 1e-9) & (grad[:, ndim + 2] < 0)) | ((tau >= tau_high - 1e-9) & (grad[:, ndim + 2] > 0))
+        if not template.fit_width:
+            pinned[:] = True
         if pinned.any():
             hess[pinned, ndim + 2, :] = 0.0
             hess[pinned, :, ndim + 2] = 0.0
             hess[pinned, ndim + 2, ndim + 2] = 1.0
             grad[pinned, ndim + 2] = 0.0
+        if hold_background:
+            hess[:, ndim + 1, :] = 0.0
+            hess[:, :, ndim + 1] = 0.0
+            hess[:, ndim + 1, ndim + 1] = 1.0
+            grad[:, ndim + 1] = 0.0
         diag = np.einsum("npp->np", hess)
         damped = hess + lam[active][:, None, None] * (diag[:, :, None] * eye) + 1e-12 * eye
         try:
@@ -548,10 +642,30 @@ def _lm(
         resid = np.where(better[:, None], resid2, resid)[keep]
         cost = np.where(better, cost2, cost)[keep]
         active = active[keep]
-    g, parts, quad, _ = _model(theta, offsets, sigma)
+    g, parts, quad = template.evaluate(theta, offsets)
     jac = _jacobian(theta, g, parts, quad)
+    if not template.fit_width:
+        jac[:, :, ndim + 2] = 0.0
     hess = np.matmul((jac * weight[:, :, None]).transpose(0, 2, 1), jac)
+    if not template.fit_width:
+        hess[:, ndim + 2, ndim + 2] = 1.0
     return theta, cost_all, hess
+
+
+def _colour(n: int, pairs: np.ndarray) -> np.ndarray:
+    """A greedy colouring of the graph of ``pairs`` (no two neighbours share a colour)."""
+    neighbours: list[list[int]] = [[] for _ in range(n)]
+    for a, b in pairs:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    colour = np.full(n, -1, dtype=np.int64)
+    for i in np.argsort([-len(v) for v in neighbours], kind="stable"):
+        taken = {colour[j] for j in neighbours[i]}
+        c = 0
+        while c in taken:
+            c += 1
+        colour[i] = c
+    return colour
 
 
 def _render(flat_shape: int, index: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -565,6 +679,7 @@ def fit_spots(
     centres: np.ndarray,
     sigma: Sequence[float],
     *,
+    radius: Sequence[float] | float = 0.0,
     amplitude: np.ndarray | None = None,
     background: np.ndarray | None = None,
     theta: np.ndarray | None = None,
@@ -579,8 +694,11 @@ def fit_spots(
     centres : int array (N, ndim)
         Integer starting positions (local maxima), pixels.
     sigma : sequence of float
-        The spot's s.d. per axis (pixels); the fit scales all axes by one
-        factor.
+        The spot's (or the PSF's, for spheres) s.d. per axis, pixels; for
+        spots the fit scales all axes by one factor.
+    radius : float or sequence of float
+        Sphere radius per axis in pixels (0: point-like spots); the model is
+        then the ball blurred by ``sigma`` (:class:`Template`), its size fixed.
     amplitude, background : arrays (N,), optional
         Starting amplitude and background (default: from the window).
     theta : array (N, ndim + 3), optional
@@ -592,22 +710,24 @@ def fit_spots(
     Returns
     -------
     dict
-        ``centre`` (N, ndim) float positions, ``amplitude``, ``background``,
-        ``sigma`` (N, ndim) fitted s.d.s, ``error`` (N, ndim) standard errors
+        ``centre`` (N, ndim) float positions, ``amplitude`` (the model's
+        scale A: its peak is A × the template's peak), ``background``,
+        ``sigma`` (N, ndim) the fitted model's s.d. (root second moment) per axis, ``error`` (N, ndim) standard errors
         of the position (in units of the noise: multiply by σ̂), ``ok``
         (fit converged inside its window), ``theta`` and ``origin`` (the
         integer window centres the parameters refer to).
     """
     image = np.asarray(image, dtype=np.float32)
     ndim = image.ndim
-    sigma_arr = np.asarray(sigma, dtype=np.float64)
-    win = _Windows(image.shape, sigma_arr)
+    template = _cached_template(tuple(float(v) for v in np.broadcast_to(sigma, (ndim,))),
+                                tuple(float(v) for v in np.broadcast_to(radius, (ndim,))))
+    win = _Windows(image.shape, template.extent * _window_scale(template))
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, ndim)
     n = len(centres)
     if n == 0:
         empty = np.empty((0, ndim))
         return {"centre": empty, "amplitude": np.empty(0), "background": np.empty(0), "sigma": empty,
-                "error": empty, "ok": np.empty(0, bool), "theta": np.empty((0, ndim + 3)), "origin": centres}
+                "error": empty, "amplitude_error": np.empty(0), "ok": np.empty(0, bool), "theta": np.empty((0, ndim + 3)), "origin": centres}
     padded = win.pad(image)
     valid = win.valid()
     origin = centres.copy()
@@ -632,7 +752,8 @@ def fit_spots(
 
     block = max(1, BLOCK_VOXELS // (win.size * (ndim + 3)))
 
-    def fit_all(source: np.ndarray, rows: np.ndarray, iterations: int, own: np.ndarray | None = None):
+    def fit_all(source: np.ndarray, rows: np.ndarray, iterations: int, own: np.ndarray | None = None,
+                hold_background: bool = False):
         """Fit the windows of ``rows`` on ``source`` (+ their own model if given)."""
         nonlocal theta
         cost = np.zeros(len(rows))
@@ -643,51 +764,82 @@ def fit_spots(
             data = source[idx].astype(np.float64)
             if own is not None:
                 data = data + own[sel]
-            th, c, h = _lm(data, valid[idx].astype(np.float64), theta[sel], win.offsets, sigma_arr, win.half, iterations)
+            th, c, h = _lm(data, valid[idx].astype(np.float64), theta[sel], win.offsets, template, win.half,
+                           iterations, hold_background)
             theta[sel] = th
             cost[start : start + block] = c
             hess[start : start + block] = h
         return cost, hess
 
-    # fit; re-centre the windows of spots that moved by more than half a pixel and refit those
-    _, hess = fit_all(padded, np.arange(n), FIT_ITERATIONS)
-    rows = np.arange(n)
-    for _ in range(2):
-        shift = np.rint(theta[rows, :ndim]).astype(np.int64)
-        new_origin = np.clip(origin[rows] + shift, 0, np.asarray(image.shape) - 1)
-        shift = new_origin - origin[rows]
-        moved = np.any(shift != 0, axis=1)
-        if not moved.any():
-            break
-        rows = rows[moved]
-        origin[rows] = new_origin[moved]
-        theta[rows, :ndim] -= shift[moved]
-        _, hess[rows] = fit_all(padded, rows, FIT_ITERATIONS)
-
+    every = np.arange(n)
+    crowded = np.empty(0, dtype=np.int64)
     if joint and n > 1:
-        # detections whose windows overlap: refit each on the frame less its neighbours
         # a neighbour within two window half-widths (an ellipsoid) reaches into the window's core
         scaled = origin / (2.0 * np.asarray(win.half))
         pairs = cKDTree(scaled).query_pairs(1.0, output_type="ndarray")
         if len(pairs):
             crowded = np.unique(pairs.ravel())
-            for _ in range(JOINT_SWEEPS):
-                idx = win.index(origin)
-                g, _, _, _ = _model(theta, win.offsets, sigma_arr)
-                own = theta[:, ndim : ndim + 1] * g * valid[idx]
-                others = padded - _render(padded.size, idx, own)
-                _, hess_c = fit_all(others, crowded, FIT_ITERATIONS // 2, own=own)
-                hess[crowded] = hess_c
+    isolated = np.setdiff1d(every, crowded)
+    hess = np.zeros((n, ndim + 3, ndim + 3))
+
+    def recentre(rows: np.ndarray) -> np.ndarray:
+        """Move the windows of ``rows`` whose fits left the central pixel; the rows moved."""
+        shift = np.rint(theta[rows, :ndim]).astype(np.int64)
+        new_origin = np.clip(origin[rows] + shift, 0, np.asarray(image.shape) - 1)
+        shift = new_origin - origin[rows]
+        moved = np.any(shift != 0, axis=1)
+        origin[rows[moved]] = new_origin[moved]
+        theta[rows[moved], :ndim] -= shift[moved]
+        return rows[moved]
+
+    # isolated spots: fit; re-centre the windows of spots that moved by more than half a pixel, refit those
+    if len(isolated):
+        _, hess[isolated] = fit_all(padded, isolated, FIT_ITERATIONS)
+        rows = isolated
+        for _ in range(2):
+            rows = recentre(rows)
+            if len(rows) == 0:
+                break
+            _, hess[rows] = fit_all(padded, rows, FIT_ITERATIONS)
+    # spots whose windows overlap: fitted jointly from the start, each on the frame less
+    # its neighbours' current models (block coordinate descent on the joint least
+    # squares, Gauss-Seidel over groups of spots that share no window). After the
+    # first sweep they share one background (the median of theirs): a free
+    # background per window would soak up its neighbours' errors and slow the
+    # sweeps to a crawl.
+    if len(crowded):
+        colour = _colour(n, pairs)
+        groups = [crowded[colour[crowded] == c] for c in np.unique(colour[crowded])]
+        idx = win.index(origin)
+        g, _, _ = template.evaluate(theta, win.offsets)
+        own = theta[:, ndim : ndim + 1] * g * valid[idx]
+        model = _render(padded.size, idx, own)
+        for sweep in range(JOINT_SWEEPS):
+            if sweep == 1:
+                theta[crowded, ndim + 1] = np.median(theta[crowded, ndim + 1])
+            for rows in groups:
+                others = padded - model
+                _, hess[rows] = fit_all(others, rows, FIT_ITERATIONS if sweep == 0 else FIT_ITERATIONS // 2,
+                                        own=own, hold_background=sweep > 0)
+                recentre(rows)
+                model -= _render(padded.size, idx[rows], own[rows])
+                idx[rows] = win.index(origin[rows])
+                g, _, _ = template.evaluate(theta[rows], win.offsets)
+                own[rows] = theta[rows, ndim : ndim + 1] * g * valid[idx[rows]]
+                model += _render(padded.size, idx[rows], own[rows])
 
     centre = origin + theta[:, :ndim]
     inside = np.all(np.abs(theta[:, :ndim]) <= np.asarray(win.half), axis=1)
     ok = inside & np.all(np.isfinite(theta), axis=1)
     try:
         cov = np.linalg.inv(hess)
-        error = np.sqrt(np.abs(np.einsum("npp->np", cov)[:, :ndim]))
+        variances = np.abs(np.einsum("npp->np", cov))
+        error = np.sqrt(variances[:, :ndim])
+        amplitude_error = np.sqrt(variances[:, ndim])
     except np.linalg.LinAlgError:
         error = np.full((n, ndim), np.nan)
-    fitted_sigma = sigma_arr[None, :] * np.exp(theta[:, ndim + 2])[:, None]
+        amplitude_error = np.full(n, np.nan)
+    fitted_sigma = np.sqrt(template.moment)[None, :] * np.exp(theta[:, ndim + 2])[:, None]
     centre = np.where(ok[:, None], centre, origin.astype(np.float64))
     return {
         "centre": centre,
@@ -695,20 +847,27 @@ def fit_spots(
         "background": theta[:, ndim + 1],
         "sigma": fitted_sigma,
         "error": error,
+        "amplitude_error": amplitude_error,
         "ok": ok,
         "theta": theta,
         "origin": origin,
     }
 
 
-def _model_image(shape: Sequence[int], fit: Mapping[str, np.ndarray], sigma: Sequence[float]) -> np.ndarray:
+def _window_scale(template: Template) -> float:
+    """Fit window half-width in units of the template's s.d.: 2.5 for spots;
+    2 for spheres, whose position is carried by their edge and whose windows
+    would otherwise take in much of their neighbours."""
+    return 1.0 if template.fit_width else 2.0 / WINDOW_SIGMAS
+
+
+def _model_image(shape: Sequence[int], fit: Mapping[str, np.ndarray], template: Template) -> np.ndarray:
     """The fitted spots (without their backgrounds) rendered into a frame."""
-    sigma_arr = np.asarray(sigma, dtype=np.float64)
-    win = _Windows(shape, sigma_arr)
+    win = _Windows(shape, template.extent * _window_scale(template))
     if len(fit["origin"]) == 0:
         return np.zeros(shape)
     idx = win.index(fit["origin"])
-    g, _, _, _ = _model(fit["theta"], win.offsets, sigma_arr)
+    g, _, _ = template.evaluate(fit["theta"], win.offsets)
     flat = _render(int(np.prod(win.padded_shape)), idx, fit["theta"][:, len(shape) : len(shape) + 1] * g)
     inner = tuple(slice(h, h + n) for h, n in zip(win.half, shape))
     return flat.reshape(win.padded_shape)[inner]
@@ -717,25 +876,35 @@ def _model_image(shape: Sequence[int], fit: Mapping[str, np.ndarray], sigma: Seq
 # ---------------------------------------------------------------------------
 # detection
 # ---------------------------------------------------------------------------
+def _footprint(separation: Sequence[float]) -> np.ndarray:
+    """Offsets (M, ndim) within the ellipsoid of semi-axes ``separation``."""
+    half = [int(math.floor(s)) for s in separation]
+    grids = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
+    inside = sum((g / s) ** 2 for g, s in zip(grids, separation)) <= 1.0
+    return np.stack([g[inside] for g in grids], axis=1)
+
+
 def _local_maxima(score: np.ndarray, separation: Sequence[float], threshold: float) -> np.ndarray:
     """Integer positions (N, ndim) of the local maxima of ``score`` at or
-    above ``threshold`` over a box of ± floor(``separation``) (raster order;
-    pixels beyond the frame's edge do not count)."""
-    half = [int(math.floor(s)) for s in separation]
+    above ``threshold``: no other pixel within the ellipsoid of semi-axes
+    ``separation`` is higher (raster order; the frame's edge clips it)."""
+    offsets = _footprint(separation)
     above = np.flatnonzero(score.ravel() >= threshold)
     if len(above) > 0.02 * score.size:  # many candidates: one maximum filter over the frame
-        peaks = ndimage.maximum_filter(score, size=[2 * h + 1 for h in half], mode="nearest")
+        half = offsets.max(axis=0)
+        mask = np.zeros(tuple(2 * half + 1), bool)
+        mask[tuple((offsets + half).T)] = True
+        peaks = ndimage.maximum_filter(score, footprint=mask, mode="nearest")
         return np.argwhere((score >= threshold) & (score == peaks))
     coords = np.stack(np.unravel_index(above, score.shape), axis=1)
     if len(coords) == 0:
         return coords
     values = score.ravel()[above]
     upper = np.asarray(score.shape) - 1
-    # first against the nearest neighbours (cheap, removes most), then the whole box
-    for reach in ([min(h, 1) for h in half], half):
-        grids = np.meshgrid(*[np.arange(-h, h + 1) for h in reach], indexing="ij")
-        offsets = np.stack([g.ravel() for g in grids], axis=1)
-        neighbours = np.clip(coords[:, None, :] + offsets[None], 0, upper)
+    # first against the nearest neighbours (cheap, removes most), then the whole ellipsoid
+    near = offsets[np.abs(offsets).max(axis=1) <= 1]
+    for ring in (near, offsets):
+        neighbours = np.clip(coords[:, None, :] + ring[None], 0, upper)
         best = score[tuple(neighbours[..., i] for i in range(score.ndim))].max(axis=1)
         coords, values = coords[best <= values], values[best <= values]
     return coords
@@ -831,7 +1000,7 @@ def detect(image: np.ndarray, *, diameter: Any, invert: bool = False, **matched:
                                      float(opts["background_scale"]))
     axes = list(_AXES[-ndim:])
     columns = [*axes, "amplitude", "background", *(f"sigma_{a}" for a in axes),
-               *(f"error_{a}" for a in axes), "fit_ok", "score", "round"]
+               *(f"error_{a}" for a in axes), "amplitude_error", "fit_ok", "score", "round"]
     if not noise > 0:  # a constant frame has no spots
         out = pd.DataFrame({c: pd.Series(dtype=bool if c == "fit_ok" else "int64" if c == "round" else float)
                             for c in columns})
@@ -843,9 +1012,11 @@ def detect(image: np.ndarray, *, diameter: Any, invert: bool = False, **matched:
     peaks = _local_maxima(score, sep, u)
     scores = score[tuple(peaks.T)]
     rounds = np.zeros(len(peaks), dtype=np.int64)
-    gain = 2.0 ** (ndim / 2.0)  # (G_s * spot)(centre) = A / 2^(D/2) for a spot of s.d. s
+    template = _template(opts)
+    gain = 1.0 / template.filtered_peak(sigma)  # response at a spot's centre per unit A
+    radius = opts["radius"]
     bg = background[tuple(peaks.T)] if np.ndim(background) else np.full(len(peaks), float(background))
-    fit = fit_spots(work, peaks, sigma, theta=_start(response, peaks, gain, bg))
+    fit = fit_spots(work, peaks, sigma, radius=radius, theta=_start(response, peaks, gain, bg))
     keep = np.ones(len(peaks), bool)
     for k in range(1, opts["residual_rounds"] + 1):
         if len(peaks) == 0:
@@ -853,11 +1024,13 @@ def detect(image: np.ndarray, *, diameter: Any, invert: bool = False, **matched:
         keep = (fit["amplitude"] > 0) & fit["ok"]
         keep = _merge_duplicates(fit, sep, keep)
         kept = {key: value[keep] for key, value in fit.items()}
-        residual = work - _model_image(work.shape, kept, sigma).astype(np.float32)
+        residual = work - _model_image(work.shape, kept, template).astype(np.float32)
         r_response, r_background = matched_filter(residual, sigma, float(opts["background_scale"]))
         r_score = r_response / unit
         new = _local_maxima(r_score, sep, u)
-        new = new[_far_from(new, kept["centre"], sep)]
+        # a touching neighbour sits two radii (2 x separation) away; what rises in the residual
+        # within 1.5 separations of a fitted spot is that fit's misfit, not another particle
+        new = new[_far_from(new, kept["centre"], [RESIDUAL_EXCLUSION * v for v in sep])]
         if len(new) == 0:
             break
         r_bg = r_background[tuple(new.T)] if np.ndim(r_background) else np.full(len(new), float(r_background))
@@ -867,7 +1040,7 @@ def detect(image: np.ndarray, *, diameter: Any, invert: bool = False, **matched:
         peaks = np.concatenate([peaks[keep], new])
         scores = np.concatenate([scores[keep], r_score[tuple(new.T)]])
         rounds = np.concatenate([rounds[keep], np.full(len(new), k, dtype=np.int64)])
-        fit = fit_spots(work, origin, sigma, theta=theta)
+        fit = fit_spots(work, origin, sigma, radius=radius, theta=theta)
     keep = (fit["amplitude"] > 0) & np.isfinite(fit["amplitude"])
     if opts["residual_rounds"]:
         keep = _merge_duplicates(fit, sep, keep & fit["ok"]) | (keep & ~fit["ok"])
@@ -878,6 +1051,7 @@ def detect(image: np.ndarray, *, diameter: Any, invert: bool = False, **matched:
         out[f"sigma_{axis}"] = fit["sigma"][keep, i]
     for i, axis in enumerate(axes):
         out[f"error_{axis}"] = fit["error"][keep, i] * noise
+    out["amplitude_error"] = fit["amplitude_error"][keep] * noise
     out["fit_ok"] = fit["ok"][keep]
     out["score"] = scores[keep].astype(np.float64)
     out["round"] = rounds[keep]
@@ -979,8 +1153,11 @@ def locate_matched(
     centres = found[axes].to_numpy(dtype=np.float64)
     sig = found[[f"sigma_{a}" for a in axes]].to_numpy(dtype=np.float64)
     amp = found["amplitude"].to_numpy(dtype=np.float64)
+    template = _template(matched_options(diameter, ndim, matched))
+    # the fitted width factor scales every axis: the integral grows as its ndim-th power
+    stretch = np.prod(sig / np.sqrt(template.moment)[None, :], axis=1) if len(found) else np.empty(0)
     out: dict[str, np.ndarray] = {axis: centres[:, i] for i, axis in enumerate(axes)}
-    out["mass"] = amp * np.prod(np.sqrt(2 * np.pi) * sig, axis=1)
+    out["mass"] = amp * template.volume * stretch
     if characterize:
         work = frame.astype(np.float64)
         if invert:
@@ -994,7 +1171,7 @@ def locate_matched(
             out["ecc"] = _eccentricity(work, centres, found["background"].to_numpy(), int(min(diam)) // 2)
         else:
             out["ecc"] = np.full(len(found), np.nan)
-        out["signal"] = amp
+        out["signal"] = amp * template.peak
         out["raw_mass"] = _mask_sum(work, centres, [d // 2 for d in diam]) if len(found) else np.empty(0)
         errors = found[[f"error_{a}" for a in axes]].to_numpy(dtype=np.float64)
         if len(set(diam)) == 1:
