@@ -783,8 +783,9 @@ def fit_spots(
     hess = np.zeros((n, ndim + 3, ndim + 3))
 
     def recentre(rows: np.ndarray) -> np.ndarray:
-        """Move the windows of ``rows`` whose fits left the central pixel; the rows moved."""
-        shift = np.rint(theta[rows, :ndim]).astype(np.int64)
+        """Move the windows of ``rows`` whose fits moved more than a pixel from their
+        centre (a window of ± 2.5 s.d. still holds a spot a pixel off); the rows moved."""
+        shift = np.where(np.abs(theta[rows, :ndim]) > 1.0, np.rint(theta[rows, :ndim]), 0).astype(np.int64)
         new_origin = np.clip(origin[rows] + shift, 0, np.asarray(image.shape) - 1)
         shift = new_origin - origin[rows]
         moved = np.any(shift != 0, axis=1)
@@ -792,7 +793,7 @@ def fit_spots(
         theta[rows[moved], :ndim] -= shift[moved]
         return rows[moved]
 
-    # isolated spots: fit; re-centre the windows of spots that moved by more than half a pixel, refit those
+    # isolated spots: fit; re-centre the windows of spots that moved by more than a pixel, refit those
     if len(isolated):
         _, hess[isolated] = fit_all(padded, isolated, FIT_ITERATIONS)
         rows = isolated
