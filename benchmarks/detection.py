@@ -423,6 +423,12 @@ def render_3d(rng, size, radius, phi, snr):
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8), centres
 
 
+def matched_sigma(radius, factor=0.6):
+    """matched's sigma for spheres of ``radius`` (config/README.md): ``factor`` x the
+    s.d. of the blurred sphere's image per axis, sqrt(r² / 5 + PSF s.d.²)."""
+    return [round(factor * math.sqrt(radius**2 / 5 + math.hypot(PRE_BLUR, p) ** 2), 2) for p in PSF]
+
+
 def run_3d(size, seed, quick):
     import trackpy as tp
 
@@ -454,7 +460,7 @@ def run_3d(size, seed, quick):
         row["trackpy"] = {"ap": round(best[0]["ap"], 4), "precision": round(best[0]["precision_0_5"], 4),
                           "recall": round(best[0]["recall_0_5"], 4), "separation_factor": best[1]}
         start = time.perf_counter()
-        found = locate_matched(vol, diameter=d, sigma=[2.0, 1.3, 1.3])
+        found = locate_matched(vol, diameter=d, sigma=matched_sigma(r))
         seconds["matched"] += time.perf_counter() - start
         score = detection_ap(truth, found[["z", "y", "x"]].to_numpy(), diameter=2 * r, shape=vol.shape)
         row["matched"] = {"ap": round(score["ap"], 4), "precision": round(score["precision_0_5"], 4),
@@ -471,6 +477,7 @@ def run_3d(size, seed, quick):
         out[f"recall3d_min_{method}"] = min(v[method]["recall"] for v in volumes)
         out[f"seconds_per_volume_3d_{method}"] = round(seconds[method] / len(volumes), 3)
     out["seconds_per_volume_3d_trackpy_note"] = "three separations per volume"
+    out["matched_sigma_3d"] = {str(r): matched_sigma(r) for r in (4, 5, 7)}
     worst = min(volumes, key=lambda v: v["matched"]["ap"])
     out["ap3d_worst_case_matched"] = {k: worst[k] for k in ("phi", "radius", "snr")}
     return out

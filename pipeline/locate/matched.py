@@ -684,6 +684,7 @@ def fit_spots(
     background: np.ndarray | None = None,
     theta: np.ndarray | None = None,
     joint: bool = True,
+    sweeps: int = JOINT_SWEEPS,
 ) -> dict[str, np.ndarray]:
     """Least-squares Gaussian fits of spots near integer ``centres``.
 
@@ -705,7 +706,9 @@ def fit_spots(
         Starting parameters relative to ``centres`` (a warm start).
     joint : bool
         Fit detections whose windows overlap jointly (each on the frame less
-        its neighbours' models, :data:`JOINT_SWEEPS` sweeps).
+        its neighbours' models).
+    sweeps : int
+        Sweeps of the joint fit.
 
     Returns
     -------
@@ -815,7 +818,7 @@ def fit_spots(
         g, _, _ = template.evaluate(theta, win.offsets)
         own = theta[:, ndim : ndim + 1] * g * valid[idx]
         model = _render(padded.size, idx, own)
-        for sweep in range(JOINT_SWEEPS):
+        for sweep in range(sweeps):
             if sweep == 1:
                 theta[crowded, ndim + 1] = np.median(theta[crowded, ndim + 1])
             for rows in groups:
