@@ -48,7 +48,7 @@ through four steps:
 **Residual detection** (``residual_rounds``, by default in 3D): touching
 spheres often merge into one maximum of the filtered image. After the fits,
 the fitted spots are subtracted, the residual is filtered and thresholded
-again; maxima farther than ``separation`` from every detection are added, all
+again; maxima farther than 1.5 ``separation`` from every fitted spot are added (a touching neighbour sits two separations away; closer is the fit's own misfit), all
 are refitted jointly, and two detections that converge closer than half the
 separation are merged. This repeats until nothing new rises above the
 threshold.
