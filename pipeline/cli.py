@@ -359,12 +359,12 @@ def _register_check(sub: Any) -> None:
 def _register_locate(sub: Any) -> None:
     parser = sub.add_parser(
         "locate",
-        help="find features in every frame of a movie (trackpy.locate, Dask-parallel)",
+        help="find features in every frame of a movie (trackpy.locate or a matched filter, Dask-parallel)",
         description=(
-            "Locate features in every frame of MOVIE with trackpy.locate and write "
-            "features.parquet. Parameters: the config's `locate` section (diameter, "
-            "minmass, ..., frames_per_task); compute: the `compute` section or the "
-            "options below."
+            "Locate features in every frame of MOVIE (locate.method: trackpy.locate, or "
+            "matched: the matched-filter detector) and write features.parquet. Parameters: "
+            "the config's `locate` section (method, diameter, minmass, matched, ..., "
+            "frames_per_task); compute: the `compute` section or the options below."
         ),
     )
     parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")

@@ -1,4 +1,6 @@
-"""Tracking metrics of the ISBI 2012 particle-tracking challenge.
+"""Tracking metrics of the ISBI 2012 particle-tracking challenge, and the
+detection metric of the ENS "Colloids: how small can we go?" challenge
+(:func:`detection_ap`, science.md §5).
 
 Chenouard, N. et al. (2014), "Objective comparison of particle tracking
 methods", Nature Methods 11:281–289.
@@ -31,7 +33,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
-__all__ = ["isbi_scores"]
+__all__ = ["isbi_scores", "greedy_match", "detection_ap"]
 
 
 def _validate(df: pd.DataFrame, name: str, pos_columns: Sequence[str], id_column: str) -> None:
@@ -223,3 +225,115 @@ def _pair_tracks(cand_k, cand_l, d_pair, dummy, K: int, L: int) -> np.ndarray:
     real = chosen < L
     paired[real] = chosen[real]
     return paired
+
+
+# ---------------------------------------------------------------------------
+# detection: the ENS dense-colloid challenge's average precision
+# ---------------------------------------------------------------------------
+def greedy_match(truth: np.ndarray, found: np.ndarray, max_distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of truth and found positions closer than ``max_distance``,
+    accepted greedily in order of increasing distance, each used once.
+
+    Parameters
+    ----------
+    truth, found : arrays (n, ndim), (m, ndim)
+        Positions (any unit, the same for both).
+    max_distance : float
+        Pairs must be strictly closer than this.
+
+    Returns
+    -------
+    (i, j, distance) : arrays
+        Rows of ``truth`` and ``found`` paired, and their distances.
+    """
+    truth = np.asarray(truth, dtype=float)
+    found = np.asarray(found, dtype=float)
+    if len(truth) == 0 or len(found) == 0 or not max_distance > 0:
+        return np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0)
+    pairs = cKDTree(truth).sparse_distance_matrix(cKDTree(found), max_distance, output_type="ndarray")
+    pairs = pairs[pairs["v"] < max_distance]
+    order = np.argsort(pairs["v"], kind="stable")
+    used_t = np.zeros(len(truth), bool)
+    used_f = np.zeros(len(found), bool)
+    keep = []
+    for k in order:
+        i, j = pairs["i"][k], pairs["j"][k]
+        if not used_t[i] and not used_f[j]:
+            used_t[i] = used_f[j] = True
+            keep.append(k)
+    keep = np.asarray(keep, dtype=np.intp)
+    return pairs["i"][keep].astype(np.intp), pairs["j"][keep].astype(np.intp), pairs["v"][keep].astype(float)
+
+
+def detection_ap(
+    truth: np.ndarray,
+    found: np.ndarray,
+    *,
+    diameter: float,
+    shape: Sequence[float],
+    thresholds: Sequence[float] | None = None,
+) -> dict:
+    """Average precision of detected centres, as the ENS "Colloids: how small
+    can we go?" challenge scores it (Royall group, 2023; science.md §5).
+
+    Truths and detections closer than D/2 to any face of the volume are
+    removed first (D = ``diameter``). For each threshold t a truth–detection
+    pair is a candidate when 1 − d/D > t (d their distance); candidates are
+    accepted greedily by increasing distance (:func:`greedy_match`), TP are
+    the accepted pairs, FP the unpaired detections, FN the unpaired truths.
+    AP integrates precision over recall across the thresholds: sorted by
+    recall, AP = Σ_k (R_k − R_{k−1}) P_k from R = 0 (a step integral, so
+    that when every threshold gives the same counts AP = precision × recall).
+
+    Parameters
+    ----------
+    truth, found : arrays (n, ndim), (m, ndim)
+        Centres in pixels, axes in the order of ``shape``.
+    diameter : float
+        The particles' diameter D, pixels.
+    shape : sequence of float
+        The volume's extent per axis, pixels.
+    thresholds : sequence of float, optional
+        Default ``linspace(0, 1, 10)``.
+
+    Returns
+    -------
+    dict
+        ``ap``; ``precision``, ``recall`` (lists, one per threshold);
+        ``precision_0_5``, ``recall_0_5`` (at t = 0.5, i.e. d < D/2);
+        ``n_truth``, ``n_found`` (after border removal).
+    """
+    thresholds = np.linspace(0, 1, 10) if thresholds is None else np.asarray(thresholds, dtype=float)
+    shape = np.asarray(shape, dtype=float)
+    margin = diameter / 2.0
+
+    def inner(points):
+        points = np.asarray(points, dtype=float).reshape(len(points), len(shape))
+        ok = np.all((points >= margin) & (points <= shape - 1 - margin), axis=1) if len(points) else np.zeros(0, bool)
+        return points[ok]
+
+    t, f = inner(truth), inner(found)
+
+    def counts(threshold):
+        _, _, d = greedy_match(t, f, (1.0 - threshold) * diameter)
+        tp = len(d)
+        precision = tp / len(f) if len(f) else 0.0
+        recall = tp / len(t) if len(t) else 0.0
+        return precision, recall
+
+    pr = [counts(th) for th in thresholds]
+    points = sorted((r, p) for p, r in pr)
+    ap, last = 0.0, 0.0
+    for r, p in points:
+        ap += (r - last) * p
+        last = r
+    p05, r05 = counts(0.5)
+    return {
+        "ap": float(ap),
+        "precision": [float(p) for p, _ in pr],
+        "recall": [float(r) for _, r in pr],
+        "precision_0_5": float(p05),
+        "recall_0_5": float(r05),
+        "n_truth": int(len(t)),
+        "n_found": int(len(f)),
+    }

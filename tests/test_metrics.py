@@ -117,3 +117,54 @@ def test_bad_input_names_the_problem(truth):
         isbi_scores(truth, dup)
     with pytest.raises(ValueError, match="gate"):
         isbi_scores(truth, truth, gate=0)
+
+
+# --- detection: the ENS challenge's AP ---------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from pipeline.metrics import detection_ap, greedy_match  # noqa: E402
+
+
+def _lattice(spacing=10.0, n=6, offset=5.0):
+    g = np.arange(n) * spacing + offset
+    return np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def test_detection_ap_is_one_for_exact_centres_and_product_of_p_and_r_otherwise():
+    truth = _lattice()
+    shape = (60, 60, 60)
+    perfect = detection_ap(truth, truth, diameter=8, shape=shape)
+    assert perfect["ap"] == pytest.approx(1.0) and perfect["precision_0_5"] == 1.0
+    # half the truths found exactly, plus as many false detections far from any truth
+    found = np.vstack([truth[::2], truth[::2] + 5.0])
+    scores = detection_ap(truth, found, diameter=8, shape=shape)
+    p, r = scores["precision_0_5"], scores["recall_0_5"]
+    assert scores["ap"] == pytest.approx(p * r)
+    assert 0 < p < 1 and 0 < r < 1
+
+
+def test_detection_ap_penalises_spread_localisation_error_and_removes_the_border():
+    truth = _lattice()
+    shape = (60, 60, 60)
+    # every detection 0.25 D off: all pass the thresholds t < 0.75 and fail the rest, so AP = P R
+    same = detection_ap(truth, truth + np.array([0.0, 0.0, 2.0]) * np.where(truth[:, 2:] < 50, 1, -1),
+                        diameter=8, shape=shape)
+    assert same["ap"] == pytest.approx(1.0) and same["recall"][-2] == 0.0
+    # errors spread from 0 to D/2: precision and recall fall threshold by threshold, and AP below P R
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=truth.shape)
+    direction /= np.linalg.norm(direction, axis=1)[:, None]
+    inner = np.all((truth > 10) & (truth < 50), axis=1)[:, None]  # moved ones stay clear of the border
+    spread = truth + inner * direction * rng.uniform(0, 4, len(truth))[:, None]
+    scores = detection_ap(truth, spread, diameter=8, shape=shape)
+    assert scores["recall_0_5"] == 1.0 and 0.4 < scores["ap"] < 0.9
+    # truths within D/2 of a face are not scored (the lattice's outer layer at 5 px, D/2 = 5.5)
+    border = detection_ap(truth, truth[np.all((truth > 6) & (truth < 50), axis=1)], diameter=11, shape=shape)
+    assert border["ap"] == pytest.approx(1.0) and border["n_truth"] == 64
+
+
+def test_greedy_match_takes_the_closest_pairs_first():
+    i, j, d = greedy_match(np.array([[0.0, 0.0], [3.0, 0.0]]), np.array([[1.0, 0.0], [2.5, 0.0]]), 2.0)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 0), (1, 1)]
+    assert greedy_match(np.empty((0, 2)), np.array([[1.0, 1.0]]), 2.0)[0].size == 0

@@ -1,4 +1,4 @@
-"""The locate stage: find features in every frame of a movie with trackpy.
+"""``locate.method: trackpy``: find features in every frame with trackpy.
 
 Crocker & Grier's algorithm (J. Colloid Interface Sci. 179:298, 1996) as
 implemented by ``trackpy.locate``: bandpass, local maxima by grey dilation,
@@ -26,27 +26,25 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .compute import map_frame_chunks
-from .io.movie import Movie, MovieError, open_movie
-from .io.tables import write_table
-from .io.schema import check_section, section_defaults
+from ..io.movie import Movie, MovieError, open_movie
+from ..io.schema import check_section, section_defaults
 
 __all__ = [
     "TRACKPY_OPTIONS",
     "engine_used",
     "locate_frames",
-    "locate_movie",
     "empty_features",
-    "run",
 ]
 
 log = logging.getLogger("trackflow.locate")
 
+#: The locate keys that are not trackpy.locate's keyword arguments.
+STAGE_KEYS = ("method", "matched", "diameter", "frames_per_task")
 #: trackpy.locate's keyword arguments besides ``diameter``, with trackpy's own
 #: defaults (as workflow/schemas/locate.schema.yaml gives them).
 #: ``filter_before``/``filter_after`` are left out: trackpy rejects or ignores them.
 TRACKPY_OPTIONS: dict[str, Any] = {
-    key: value for key, value in section_defaults("locate").items() if key not in ("diameter", "frames_per_task")
+    key: value for key, value in section_defaults("locate").items() if key not in STAGE_KEYS
 }
 
 
@@ -245,127 +243,3 @@ def _open(movie: Movie | str | os.PathLike) -> Movie:
     if len(movie) == 0:
         raise MovieError(f"{movie.path}: the movie has no frames, nothing to locate")
     return movie
-
-
-def locate_movie(
-    movie: Movie | str | os.PathLike,
-    *,
-    compute: Mapping[str, Any] | None = None,
-    threads: int | None = None,
-    frames_per_task: int | None = None,
-    **options: Any,
-) -> pd.DataFrame:
-    """Locate features in every frame of a movie store, in parallel.
-
-    Parameters
-    ----------
-    movie : Movie or path
-        An OME-Zarr movie store (``movie.ome.zarr``).
-    compute : mapping, optional
-        The ``compute`` config section (scheduler, address, ...); see
-        :func:`pipeline.compute.dask_scheduler`.
-    threads : int, optional
-        Local workers (default: the available cores).
-    frames_per_task : int, optional
-        Frames per Dask task (default: one shard, or fewer for short movies).
-    **options
-        ``diameter`` (required) and the trackpy options of :func:`locate_frames`.
-
-    Returns
-    -------
-    DataFrame
-        As :func:`locate_frames` on all frames, skipping the movie's dropped
-        frames. A warning is logged if no feature was found.
-    """
-    movie = _open(movie)
-    if "diameter" not in options:
-        raise ValueError("locate: the parameter 'diameter' is required")
-    options = _check_options(options.pop("diameter"), options, movie.ndim)
-    if not movie.complete:
-        log.warning(
-            "%s is not marked complete (acquisition interrupted?); locating its %d frames",
-            movie.path, len(movie),
-        )
-    dropped = sorted(int(i) for i in movie.dropped_frames if 0 <= i < len(movie))
-    if dropped:
-        log.info("%s: skipping %d dropped frame(s)", movie.path, len(dropped))
-    if len(dropped) == len(movie):
-        features = None
-    else:
-        def dropped_in(start: int, stop: int) -> dict | None:
-            """Each task gets only its own dropped frames; a range of nothing
-            but dropped frames is not even read."""
-            inside = [i for i in dropped if start <= i < stop]
-            return None if len(inside) == stop - start else {"dropped": inside}
-
-        features = map_frame_chunks(
-            _locate_chunk,
-            movie,
-            compute=compute,
-            threads=threads,
-            frames_per_task=frames_per_task,
-            chunk_kwargs=dropped_in,
-            options=options,
-        )
-    if features is None or len(features) == 0:
-        log.warning(
-            "%s: no features found in %d frame(s); check diameter and minmass", movie.path, len(movie)
-        )
-        return empty_features(movie.ndim, **options)
-    return features
-
-
-def run(
-    movie: str | os.PathLike,
-    output: str | os.PathLike,
-    params: Mapping[str, Any] | None,
-    compute: Mapping[str, Any] | None = None,
-    threads: int | None = None,
-) -> pd.DataFrame:
-    """The locate stage: ``movie.ome.zarr`` -> ``features.parquet``.
-
-    Parameters
-    ----------
-    movie : path
-        The movie store.
-    output : path
-        The features table to write (Parquet, with provenance).
-    params : mapping
-        The ``locate`` config section (``locate.schema.yaml``: missing keys
-        take its defaults, unknown keys and bad values are errors naming the key).
-    compute : mapping, optional
-        The ``compute`` config section.
-    threads : int, optional
-        Local workers (a Snakemake rule's ``threads``).
-
-    Returns
-    -------
-    DataFrame
-        The features written.
-    """
-    resolved = check_section("locate", params)
-    opened = _open(movie)
-    options = {k: v for k, v in resolved.items() if k != "frames_per_task"}
-    features = locate_movie(
-        opened, compute=compute, threads=threads, frames_per_task=resolved["frames_per_task"], **options
-    )
-    dropped = [int(i) for i in opened.dropped_frames]
-    engine = engine_used(options["engine"], opened.ndim)
-    write_table(
-        features,
-        output,
-        stage="locate",
-        params=resolved,
-        extra={
-            "movie": str(opened.path),
-            "n_frames": len(opened),
-            "dropped_frames": dropped,
-            "n_features": len(features),
-            "engine_used": engine,
-        },
-    )
-    log.info(
-        "%s: %d features in %d frames (%d dropped, %s engine) -> %s",
-        opened.path, len(features), len(opened), len(dropped), engine, output,
-    )
-    return features
