@@ -1,7 +1,7 @@
 """The shared progress reporter: log lines with percentage, rate and time left
 when not on a terminal, a tqdm bar on one, silence when turned off; and the
-stages that use it (acquire, refine through map_frame_chunks, segment) on
-small real movies with real schedulers."""
+stages that use it (acquire, locate and refine through map_frame_chunks,
+segment) on small real movies with real schedulers."""
 
 from __future__ import annotations
 
@@ -162,6 +162,15 @@ def test_a_distributed_client_is_followed_through_its_futures(log_mode):
 
 
 # -- the stages --------------------------------------------------------------------------
+
+
+def test_locate_logs_its_progress(small_movie, log_mode):
+    from pipeline.locate import locate_movie
+
+    features = locate_movie(small_movie, diameter=7, compute={"scheduler": "threads"}, threads=2, frames_per_task=3)
+    assert len(features)
+    lines = progress_lines(log_mode, "locate")
+    assert [int(m[2]) for m in lines] == [3, 6, 9, 12] and lines[-1][4] == "100"
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])

@@ -141,6 +141,7 @@ def locate_movie(
             frames_per_task=frames_per_task,
             chunk_kwargs=dropped_in,
             options=options,
+            progress="locate",
         )
     if features is None or len(features) == 0:
         hint = "diameter and minmass" if method == "trackpy" else "diameter and matched.false_rate"
