@@ -725,3 +725,19 @@ def test_steps_cut_off_by_the_link_search_range_are_flagged():
     assert not s["step_truncation"]["reach_um"] > 0.65
     whole = _size(tracks_table(pos))
     assert "steps_truncated" not in {f["code"] for f in whole["qc"]} and not whole["mislink_model_skipped"]
+
+
+def test_uneven_frame_timing_is_found_from_the_steps():
+    D = stokes_einstein_D(300.0, T, ETA)
+    pos, _ = blurred_tracks(300, 30, D, sigma=0.02, seed=34)
+    steps = np.diff(pos, axis=1)
+    steps[:, 9::12] *= np.sqrt(2.0)  # every 12th interval lasts twice as long (a dropped frame in the source)
+    uneven = np.concatenate([pos[:, :1], pos[:, :1] + np.cumsum(steps, axis=1)], axis=1)
+    s = _size(tracks_table(uneven))
+    (flag,) = [f for f in s["qc"] if f["code"] == "frame_timing_irregular"]
+    assert "9→10" in flag["message"] and "21→22" in flag["message"]
+    assert set(s["frame_timing"]["ratios"]) >= {9, 21} and s["frame_timing"]["ratios"][9] == pytest.approx(2.0, rel=0.2)
+    # negative control: the same particles with a steady clock
+    steady = _size(tracks_table(pos))
+    assert "frame_timing_irregular" not in {f["code"] for f in steady["qc"]}
+    assert steady["frame_timing"]["p_value"] > 1e-3

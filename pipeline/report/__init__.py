@@ -96,6 +96,8 @@ _VERSIONS = ("python", "numpy", "pandas", "trackpy", "snakemake", "zarr", "scipy
 _QC_KEYS = {
     "qc", "cross_checks", "localization", "sigma_um", "sigma_source", "blur_R", "exposure_s",
     "dropped_frames", "n_frames", "n_tracks_in", "n_tracks_short", "n_tracks_outliers",
+    "sigma_heterogeneity", "step_dispersion_estimate", "step_dispersion", "jump_rule", "n_jump_steps",
+    "jump_fraction",
 }
 _TABLES = ("features", "refined", "tracks", "flow", "sizes", "truth")
 _OPTIONAL = ("flow", "truth", "refined")  # absent by design for some runs
@@ -426,6 +428,16 @@ def _localization(data: RunData) -> list[tuple[str, str, str]]:
     if pooled is not None:
         rows.append(("pooled localization variance σ² (nm²)", fmt(pooled * 1e6, ".4g"),
                      "covariance estimator over all single-frame steps"))
+    spread = _number(s.get("sigma_heterogeneity"))
+    if spread is not None:
+        rows.append(("spread of the tracks' σ (Q / (n − 1))", fmt(spread, ".3g"),
+                     "1 when all tracks share one σ; above, each track's own σ, shrunk towards the sample's"))
+    phi = _number(s.get("step_dispersion_estimate"))
+    if phi is not None:
+        used = _number(s.get("step_dispersion"))
+        rows.append(("step dispersion φ", fmt(phi, ".3g"),
+                     "1 for Brownian steps; the likelihood was widened by " + fmt(used, ".3g")
+                     if used is not None and used > 1 else "1 for Brownian steps"))
     return rows + [
         ("motion blur factor R", fmt(blur, ".3g"), str(blur_source or NA)),
         ("exposure (s)", fmt(exposure, ".4g"), exposure_source if exposure is not None else "unknown"),
@@ -506,6 +518,10 @@ def _left_out(data: RunData) -> list[tuple[str, str, str, str]]:
     if "n_tracks_short" in size:
         rows.append(("size", "short tracks", fmt(size["n_tracks_short"]),
                      f"fewer than size.min_steps = {fmt(sp.get('min_steps'))} single-frame steps"))
+    if size.get("jump_rule"):
+        eps = _number(size.get("jump_fraction"))
+        rows.append(("size", "steps scored as jumps (mislinks)", fmt(size.get("n_jump_steps")),
+                     f"{size['jump_rule']} (fitted ε = {fmt(None if eps is None else 100 * eps, '.2g')} %)"))
     if "n_tracks_outliers" in size:
         rows.append(("size", "outlier tracks", fmt(size["n_tracks_outliers"]),
                      str(size.get("outlier_rule") or "steps not consistent with one diffusion coefficient")))

@@ -36,7 +36,7 @@ from .steps import track_steps
 from .mislinks import jump_log_density, jump_responsibilities, step_log_likelihood, weighted_dispersion
 from .walker import diameter_grid
 
-__all__ = ["size_tracks"]
+__all__ = ["size_tracks", "frame_timing"]
 
 _UM3_PER_ML = 1e12  # 1 mL = 1 cm³ = 1e12 µm³
 #: The jump fraction ε the EM starts from, at most how many rounds of
@@ -57,6 +57,10 @@ FREEZE_FRACTION = 0.1
 #: an uncut sample; Poisson P(0 | 10) = 5e-5); then the QC flags it, and the
 #: mislink model is not used (jumps cannot be told from the cut tail).
 TRUNCATED_EXPECTED_BEYOND = 10.0
+#: QC: frame intervals flagged as uneven below this p-value, when one of
+#: them is off by more than this fraction.
+TIMING_FLAG_P = 1e-3
+TIMING_FLAG_EXCESS = 0.2
 #: QC: steps more overdispersed than this (and 3 standard errors) are flagged.
 DISPERSION_FLAG_EXCESS = 0.2
 #: QC: a fitted jump fraction above this is a warning (else information).
@@ -157,6 +161,8 @@ def size_tracks(
     sizes, counts, localization, fit = estimate(jumps, notes, final=True, start=start)
     fit["model_rounds"] = rounds
     fit["n_jump_steps"] = int(jumps.sum())
+    phi_hat = fit.get("step_dispersion_estimate")
+    fit["frame_timing"] = frame_timing(steps, jumps, phi_hat if phi_hat and np.isfinite(phi_hat) else 1.0)
     if pooled_all_steps is None:
         pooled_all_steps = counts["pooled_D_um2_s"]
     sigma = localization["sigma_um"]
@@ -214,6 +220,7 @@ def size_tracks(
         "sigma_tau2_um4": fit.get("sigma_tau2_um4"),
         "model_rounds": fit.get("model_rounds"),
         "mislink_model_skipped": fit.get("mislink_model_skipped"),
+        "frame_timing": fit.get("frame_timing"),
         "step_truncation": fit.get("truncation"),
         "sigma_um": sigma,
         "sigma_source": localization["source"],
@@ -253,7 +260,8 @@ def _single_frame_steps(tracks: pd.DataFrame, p, pixel_size_um) -> dict[str, np.
     prev = np.full(idx.size, -1)
     adjacent = np.r_[False, st["pair_ok"][idx[1:] - 1] & (np.diff(idx) == 1)] if idx.size else np.zeros(0, bool)
     prev[adjacent] = np.flatnonzero(adjacent) - 1
-    return {"sq": np.sum(vec**2, axis=1), "vec": vec, "prev": prev, "particle": st["particle"][:-1][ok], "ok": ok}
+    return {"sq": np.sum(vec**2, axis=1), "vec": vec, "prev": prev, "particle": st["particle"][:-1][ok],
+            "frame": st["frame"][:-1][ok], "ok": ok}
 
 
 def _track_sizes(
@@ -484,6 +492,50 @@ def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p, start=None
         "mislink_model_skipped": bool(p["mislink_model"]) and not mislinks,
         "truncation": truncation,
     }, jump_probability
+
+
+def frame_timing(steps: dict[str, np.ndarray], jumps: np.ndarray, dispersion: float) -> dict[str, Any]:
+    """Whether the frames are evenly spaced in time, from the steps themselves.
+
+    Every particle's squared steps scale with the time between the two
+    frames, so each frame interval's steps, each divided by its track's mean
+    squared step, average to that interval's duration over the mean one
+    (1 for a steady clock). Under a steady clock the intervals' averages
+    u_f scatter about 1 with variance φ/n_f (n_f steps, φ the step
+    dispersion), so Σ n_f (u_f − 1)²/φ is χ²(F − 1) for F intervals; a
+    camera or a video conversion that drops or repeats frames makes it far
+    larger. Jumps are left out.
+
+    Returns ``ratios`` (interval start frame -> u_f, the five farthest from
+    1), ``p_value`` and ``n_intervals``.
+    """
+    keep = ~jumps[steps["ok"]] if jumps.size else np.ones(steps["sq"].size, dtype=bool)
+    sq, particle, frame = steps["sq"][keep], steps["particle"][keep], steps["frame"][keep]
+    out: dict[str, Any] = {"ratios": {}, "p_value": None, "n_intervals": 0}
+    if sq.size < 50:
+        return out
+    codes, inverse = np.unique(particle, return_inverse=True)
+    track_mean = np.bincount(inverse, weights=sq) / np.bincount(inverse)
+    k = np.bincount(inverse)[inverse]
+    use = (k >= DISPERSION_MIN_STEPS) & (track_mean[inverse] > 0)
+    if use.sum() < 50:
+        return out
+    u = sq[use] / track_mean[inverse[use]]
+    f_codes, f_inverse = np.unique(frame[use], return_inverse=True)
+    n_f = np.bincount(f_inverse)
+    u_f = np.bincount(f_inverse, weights=u) / n_f
+    enough = n_f >= 10
+    if enough.sum() < 3:
+        return out
+    stat = float(np.sum(n_f[enough] * (u_f[enough] - 1.0) ** 2) / max(dispersion, 1.0))
+    far = np.argsort(-np.abs(u_f[enough] - 1.0))[:5]
+    starts, ratios = f_codes[enough], u_f[enough]
+    out.update(
+        ratios={int(starts[i]): float(ratios[i]) for i in far},
+        p_value=float(stats.chi2.sf(stat, int(enough.sum()) - 1)),
+        n_intervals=int(enough.sum()),
+    )
+    return out
 
 
 def _catch_ups(r, steps, in_fit, row, theta, posterior, *, ndim, eps, log_jump_of) -> np.ndarray:
@@ -733,6 +785,17 @@ def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
                 "this as polydispersity; its width is an upper bound on the sample's."
                 if used and used > 1 else "The distribution was not widened (size.step_dispersion: 1), so its "
                 "width overstates the sample's polydispersity."))
+    timing = fit.get("frame_timing") or {}
+    ratios = timing.get("ratios") or {}
+    if timing.get("p_value") is not None and timing["p_value"] < TIMING_FLAG_P and ratios \
+            and max(abs(v - 1.0) for v in ratios.values()) > TIMING_FLAG_EXCESS:
+        listed = ", ".join(f"{f}→{f + 1}: {v:.2f}×" for f, v in ratios.items())
+        flag("frame_timing_irregular", "warning",
+             f"the steps say the frames are not evenly spaced in time (p = {timing['p_value']:.1e} over "
+             f"{timing['n_intervals']} intervals): the squared steps of every particle between frames {listed} "
+             "the usual, as if those intervals were that much longer or shorter. A camera or a video conversion "
+             "that drops, repeats or blends frames does this; sizes assume the nominal frame interval, and the "
+             "distribution is widened by the extra scatter (step dispersion)")
     cut = fit.get("truncation")
     if cut and cut["expected_beyond"] > TRUNCATED_EXPECTED_BEYOND:
         flag("steps_truncated", "warning",
