@@ -319,7 +319,9 @@ def _distributed_compute(client, tasks, weights, advance: Progress, how: Mapping
     options = {k: v for k, v in how.items() if k != "scheduler"}
     futures = client.compute(list(tasks), **options)
     weight_of = {id(f): w for f, w in zip(futures, weights)}
-    for future in as_completed(futures):
+    # the client's own loop: it need not be the default client (as_completed
+    # would look that one up and fail with "No clients found")
+    for future in as_completed(futures, loop=client.loop):
         if future.status == "finished":
             advance(weight_of[id(future)])
     return tuple(client.gather(futures))
