@@ -70,7 +70,10 @@ __all__ = [
 ]
 
 # The ``acquire`` keys that the writer process takes (the rest are the publisher's).
-WRITER_KEYS = ("frames_per_shard", "clevel", "compression_threads", "hwm", "timeout_s", "max_frame_bytes", "max_seq_gap")
+WRITER_KEYS = (
+    "frames_per_shard", "codec", "shuffle", "clevel", "compression_threads",
+    "hwm", "timeout_s", "max_frame_bytes", "max_seq_gap",
+)
 
 
 def _loopback_endpoint(transport: str) -> tuple[str, Path | None]:

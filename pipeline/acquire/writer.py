@@ -50,7 +50,15 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import zmq
 
-from ..io.movie import Movie, MovieError, MovieWriter, create_movie, open_movie, update_attributes
+from ..io.movie import (
+    Movie,
+    MovieError,
+    MovieWriter,
+    compression_settings,
+    create_movie,
+    open_movie,
+    update_attributes,
+)
 from ..io.schema import section_defaults
 from ..io.tables import jsonable
 from ..physics import water_viscosity
@@ -71,7 +79,7 @@ _LOG_FIRST = 10  # rejections logged per reason before only every 1000th is
 _RESERVED = {
     "complete", "frames_written", "dropped", "first_seq", "frames_per_shard", "trackflow_version",
     "write_error", "interrupted", "rejected", "frames_received", "frames_sent_mismatch", "stream",
-    "environment_lock_sha256",
+    "environment_lock_sha256", "compression",
 }
 
 
@@ -116,8 +124,9 @@ class StreamReceiver:
         Acquisition metadata; overrides what the start message says.
     run : str, optional
         Accept only messages of this run (default: the first message's).
-    frames_per_shard, clevel, compression_threads
-        Passed to :func:`pipeline.io.movie.create_movie`.
+    frames_per_shard, clevel, codec, shuffle, compression_threads
+        Passed to :func:`pipeline.io.movie.create_movie` (None: the
+        ``acquire`` schema's defaults).
     max_frame_bytes : int
         Frames larger than this are rejected (reason ``shape``).
     max_seq_gap : int
@@ -140,7 +149,9 @@ class StreamReceiver:
         metadata: Mapping[str, Any] | None = None,
         run: str | None = None,
         frames_per_shard: int | None = None,
-        clevel: int = 5,
+        clevel: int | None = None,
+        codec: str | None = None,
+        shuffle: str | None = None,
         compression_threads: int | None = None,
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
         max_seq_gap: int = MAX_SEQ_GAP,
@@ -151,8 +162,11 @@ class StreamReceiver:
         # checked now: a bad value given by hand is an error before anything is received
         self.explicit_metadata = wire.check_metadata(jsonable(dict(metadata or {})), f"{output}: metadata")
         self.run = run
+        # checked now: a bad value is an error before anything is received
+        compression_settings(clevel=clevel, codec=codec, shuffle=shuffle)
         self.store_options = dict(
-            frames_per_shard=frames_per_shard, clevel=clevel, compression_threads=compression_threads
+            frames_per_shard=frames_per_shard, clevel=clevel, codec=codec, shuffle=shuffle,
+            compression_threads=compression_threads,
         )
         self.max_frame_bytes = int(max_frame_bytes)
         self.max_seq_gap = int(max_seq_gap)
@@ -539,7 +553,9 @@ def record(
     start_timeout_s: float | None = None,
     hwm: int = DEFAULT_HWM,
     frames_per_shard: int | None = None,
-    clevel: int = 5,
+    clevel: int | None = None,
+    codec: str | None = None,
+    shuffle: str | None = None,
     compression_threads: int | None = None,
     max_frame_bytes: int = wire.MAX_FRAME_BYTES,
     max_seq_gap: int = MAX_SEQ_GAP,
@@ -576,8 +592,9 @@ def record(
         How long to wait for the first message (None: forever).
     hwm : int
         Frames queued on the socket.
-    frames_per_shard, clevel, compression_threads
-        Store layout and compression (see :func:`pipeline.io.movie.create_movie`).
+    frames_per_shard, clevel, codec, shuffle, compression_threads
+        Store layout and compression (see :func:`pipeline.io.movie.create_movie`;
+        None: the ``acquire`` schema's defaults).
     max_frame_bytes : int
         Largest frame accepted; larger messages are refused by ZeroMQ itself
         before they are received (see the module's description).
@@ -631,6 +648,8 @@ def record(
         run=run,
         frames_per_shard=frames_per_shard,
         clevel=clevel,
+        codec=codec,
+        shuffle=shuffle,
         compression_threads=compression_threads,
         max_frame_bytes=max_frame_bytes,
         max_seq_gap=max_seq_gap,
