@@ -215,29 +215,43 @@ def _register_acquire(sub: Any) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--live-locate", action="store_true",
+        help="also locate every frame as it reaches the store (the --config file's locate section); "
+        "the features go beside the store as <name>.live_features.parquet",
+    )
     _add_security_options(p)
     add_params_options(p)
 
     def run_acquire(args: argparse.Namespace) -> int:
+        import contextlib
+
         from .acquire import acquire
         from .acquire.sources import parse_source
 
         source = parse_source(args.source, _acquire_key_values(args.source_set, "--source-set"))
         params = stage_params(args, "acquire")
-        movie = acquire(
-            source,
-            args.output,
-            frames=args.frames,
-            duration_s=args.duration,
-            endpoint=args.endpoint,
-            pub_endpoint=args.pub or params.pop("pub_endpoint", None),
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            report=False,  # the live line says it all; --quiet means quiet
-            keys=args.keys,
-            insecure=args.insecure,
-            **params,
-        )
+        live = contextlib.nullcontext()
+        if args.live_locate or params.pop("live_locate", False):
+            from .io.config import load_config
+            from .live.locate import live_locate
+
+            live = live_locate(args.output, load_config(args.config)["locate"] if args.config else {})
+        with live:
+            movie = acquire(
+                source,
+                args.output,
+                frames=args.frames,
+                duration_s=args.duration,
+                endpoint=args.endpoint,
+                pub_endpoint=args.pub or params.pop("pub_endpoint", None),
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                report=False,  # the live line says it all; --quiet means quiet
+                keys=args.keys,
+                insecure=args.insecure,
+                **params,
+            )
         print(_acquire_summary(movie), file=sys.stderr)
         return 0 if movie.complete else 1
 

@@ -163,7 +163,8 @@ def acquire(
         Allow a non-loopback ``endpoint`` or ``pub_endpoint`` without keys.
     **settings
         The ``acquire`` config keys (``acquire.schema.yaml``; missing keys
-        take its defaults), except ``pub_endpoint``.
+        take its defaults), except ``pub_endpoint``; ``live_locate`` is
+        accepted and left to the caller (:func:`pipeline.live.live_locate`).
 
     Returns
     -------
@@ -173,6 +174,9 @@ def acquire(
     """
     settings = check_section("acquire", settings)
     pub_endpoint = pub_endpoint or settings.pop("pub_endpoint")
+    # the acquire job's (and trackflow acquire --live-locate's) business, not the stream's:
+    # pipeline.live.locate follows the store this writes
+    settings.pop("live_locate")
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")

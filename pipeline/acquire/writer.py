@@ -79,7 +79,7 @@ _LOG_FIRST = 10  # rejections logged per reason before only every 1000th is
 _RESERVED = {
     "complete", "frames_written", "dropped", "first_seq", "frames_per_shard", "trackflow_version",
     "write_error", "interrupted", "rejected", "frames_received", "frames_sent_mismatch", "stream",
-    "environment_lock_sha256", "compression",
+    "environment_lock_sha256", "compression", "store_id",
 }
 
 

@@ -52,6 +52,7 @@ import queue
 import shutil
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -479,6 +480,9 @@ def create_movie(
         "dropped": [],
         **jsonable(dict(metadata or {})),
         "compression": compression,
+        # this store, and no other (a store written again gets a new one): what
+        # results derived from it while it was being written name it by
+        "store_id": uuid.uuid4().hex,
     }
     root = zarr.open_group(
         str(path),
