@@ -178,10 +178,10 @@ def main(argv=None):
         live_lag = None
         t = time.perf_counter()
         if args.live_locate:
-            from pipeline.live.locate import live_features_path, live_locate
+            from pipeline.live.locate import LIVE_SHARD_SECONDS, live_features_path, live_locate
 
             with live_locate(store, config["locate"]):
-                movie = acquire(ReplayCamera(source), store, **acquire_kwargs)
+                movie = acquire(ReplayCamera(source), store, shard_seconds=LIVE_SHARD_SECONDS, **acquire_kwargs)
                 t_end = time.perf_counter()
             live_lag = time.perf_counter() - t_end if live_features_path(store).is_file() else None
         else:

@@ -231,12 +231,13 @@ def _register_acquire(sub: Any) -> None:
 
         source = parse_source(args.source, _acquire_key_values(args.source_set, "--source-set"))
         params = stage_params(args, "acquire")
-        live = contextlib.nullcontext()
+        live, shard_seconds = contextlib.nullcontext(), None
         if args.live_locate or params.pop("live_locate", False):
             from .io.config import load_config
-            from .live.locate import live_locate
+            from .live.locate import LIVE_SHARD_SECONDS, live_locate
 
             live = live_locate(args.output, load_config(args.config)["locate"] if args.config else {})
+            shard_seconds = LIVE_SHARD_SECONDS
         with live:
             movie = acquire(
                 source,
@@ -250,6 +251,7 @@ def _register_acquire(sub: Any) -> None:
                 report=False,  # the live line says it all; --quiet means quiet
                 keys=args.keys,
                 insecure=args.insecure,
+                shard_seconds=shard_seconds,
                 **params,
             )
         print(_acquire_summary(movie), file=sys.stderr)

@@ -4,7 +4,6 @@ locate stage computes from the finished store, and the locate stage adopts
 them only when they were made from that store with its own parameters.
 Real writer processes, real stores, a real follower process."""
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -214,6 +213,18 @@ def test_an_interrupted_stream_ends_the_follower_without_features(tmp_path):
     assert not live_features_path(store).exists()
 
 
+def test_shards_of_a_second_while_locating_live(tmp_path):
+    """shard_seconds caps a shard at that much camera time (frame interval 0.01 s here),
+    unless frames_per_shard is given; the frames are the same."""
+    store = tmp_path / "movie.ome.zarr"
+    acquire(SimulatedCamera(**SOURCE), store, shard_seconds=0.25, report=False)
+    assert open_movie(store).frames_per_shard == 25
+    again = tmp_path / "again.ome.zarr"
+    acquire(SimulatedCamera(**SOURCE), again, shard_seconds=0.25, frames_per_shard=8, report=False)
+    assert open_movie(again).frames_per_shard == 8
+    assert (open_movie(store).frames() == open_movie(again).frames()).all()
+
+
 def test_trackflow_acquire_live_locate(tmp_path):
     from pipeline.cli import main
 
@@ -222,6 +233,42 @@ def test_trackflow_acquire_live_locate(tmp_path):
     out = tmp_path / "movie.ome.zarr"
     args = ["acquire", "simulated", "-s", "n_frames=12", "-s", "shape=[48, 64]", "-s", "seed=2", "-o", str(out)]
     assert main([*args, "--quiet", "--live-locate", "--config", str(config)]) == 0
+    assert open_movie(out).frames_per_shard == 30  # a second of frames at the simulator's 1/30 s
     pd.testing.assert_frame_equal(
         read_table(live_features_path(out)), from_the_store(out, PARAMS), check_exact=True
     )
+
+
+def test_the_follower_stops_when_its_acquisition_dies(tmp_path):
+    """A follower whose parent is killed outright (SIGKILL, no clean-up)
+    must not poll for a store that will never be complete."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = tmp_path / "movie.ome.zarr"
+    script = (
+        "import json, subprocess, sys, time; from pipeline.live.locate import _CHILD; "
+        f"p = subprocess.Popen([sys.executable, '-c', _CHILD, json.dumps({{'store': {str(store)!r}, 'params': {PARAMS!r}}})]); "
+        "print(p.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(1)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        try:
+            os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the follower outlived its acquisition")

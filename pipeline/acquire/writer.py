@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import selectors
 import signal
@@ -56,6 +57,7 @@ from ..io.movie import (
     MovieWriter,
     compression_settings,
     create_movie,
+    shards_for,
     open_movie,
     update_attributes,
 )
@@ -134,6 +136,11 @@ class StreamReceiver:
         (reason ``seq_jump``).
     acquisition : mapping, optional
         The acquisition settings, recorded as ``acquisition``.
+    shard_seconds : float, optional
+        With ``frames_per_shard`` None, shards hold at most this many
+        seconds of frames (at the stream's frame interval), so that readers
+        following the store get its frames that soon (locating while
+        acquiring); None: about 64 MiB of raw frames.
 
     Raises
     ------
@@ -156,8 +163,10 @@ class StreamReceiver:
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
         max_seq_gap: int = MAX_SEQ_GAP,
         acquisition: Mapping[str, Any] | None = None,
+        shard_seconds: float | None = None,
     ):
         self.output = Path(output)
+        self.shard_seconds = shard_seconds
         self.overwrite = bool(overwrite)
         # checked now: a bad value given by hand is an error before anything is received
         self.explicit_metadata = wire.check_metadata(jsonable(dict(metadata or {})), f"{output}: metadata")
@@ -347,6 +356,10 @@ class StreamReceiver:
         if self.start is None and self.start_rejected:
             where += f" (the start message was rejected: {self.start_rejected})"
         pixel, interval, attrs = _physical_metadata(metadata, len(fh.shape), where)
+        options = dict(self.store_options)
+        if options["frames_per_shard"] is None and self.shard_seconds:
+            by_bytes = shards_for(int(np.prod(fh.shape)) * fh.dtype.itemsize, None)
+            options["frames_per_shard"] = max(1, min(by_bytes, math.ceil(self.shard_seconds / interval)))
         attrs.update(
             run=self.run,
             frames_expected=start.get("frames_expected"),
@@ -362,7 +375,7 @@ class StreamReceiver:
             metadata=attrs,
             first_seq=first_seq,
             overwrite=self.overwrite,
-            **self.store_options,
+            **options,
         )
         self.frame_shape, self.dtype, self.first_seq = fh.shape, fh.dtype, first_seq
         self.last_seq = first_seq - 1
@@ -560,6 +573,7 @@ def record(
     max_frame_bytes: int = wire.MAX_FRAME_BYTES,
     max_seq_gap: int = MAX_SEQ_GAP,
     acquisition: Mapping[str, Any] | None = None,
+    shard_seconds: float | None = None,
     progress: bool = False,
     progress_tty: bool | None = None,
     on_ready: Callable[[str], None] | None = None,
@@ -602,6 +616,8 @@ def record(
         Furthest a frame or the end message may run ahead of the last frame.
     acquisition : mapping, optional
         Settings recorded as ``acquisition`` in the store.
+    shard_seconds : float, optional
+        See :class:`StreamReceiver`.
     progress : bool
         Print a live progress line on stderr.
     progress_tty : bool, optional
@@ -654,6 +670,7 @@ def record(
         max_frame_bytes=max_frame_bytes,
         max_seq_gap=max_seq_gap,
         acquisition=acquisition,
+        shard_seconds=shard_seconds,
     )
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)

@@ -75,6 +75,7 @@ __all__ = [
     "write_movie",
     "update_attributes",
     "compression_settings",
+    "shards_for",
     "IMAGE_PATH",
     "DEFAULT_COMPRESSION",
 ]
@@ -139,7 +140,8 @@ def _axes_for(ndim_spatial: int) -> tuple[str, ...]:
     raise MovieError(f"frames must be 2D (y, x) or 3D (z, y, x), got {ndim_spatial} dimensions")
 
 
-def _shards_for(frame_bytes: int, frames_per_shard: int | None) -> int:
+def shards_for(frame_bytes: int, frames_per_shard: int | None) -> int:
+    """Frames per shard: as given, or about 64 MiB of raw frames (1 to 1024)."""
     if frames_per_shard is None:
         frames_per_shard = max(1, min(1024, DEFAULT_SHARD_BYTES // max(frame_bytes, 1)))
     if int(frames_per_shard) < 1:
@@ -466,7 +468,7 @@ def create_movie(
         if not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    frames_per_shard = _shards_for(int(np.prod(frame_shape)) * dtype.itemsize, frames_per_shard)
+    frames_per_shard = shards_for(int(np.prod(frame_shape)) * dtype.itemsize, frames_per_shard)
 
     import zarr
     from zarr.codecs import Crc32cCodec

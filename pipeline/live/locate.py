@@ -6,7 +6,10 @@ recording always comes first) that reads the movie store while it is being
 written, shard by shard as each one is published, and locates every frame
 with the run's ``locate`` parameters through :func:`pipeline.locate.locate_frames`,
 the same function the locate stage runs on the same frames read from the
-same store. When the stream has ended and the store is complete, it writes
+same store. The acquisition then writes shards of at most a second of
+frames (:data:`LIVE_SHARD_SECONDS`, unless ``acquire.frames_per_shard`` is
+set), so the follower is never more than that, plus its own work, behind.
+When the stream has ended and the store is complete, it writes
 the features beside the store (:func:`live_features_path`:
 ``results/{run}/movie.live_features.parquet``), with the locate
 parameters' SHA-256, the store's ``store_id``, frame count and dropped
@@ -60,6 +63,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("trackflow.live")
+
+#: Seconds of frames per shard while locating live (with ``acquire.frames_per_shard``
+#: null): the follower reads a shard once it is on disk, so it is that far behind at most.
+LIVE_SHARD_SECONDS = 1.0
 
 #: locate keys that change how the work is cut, not the features
 _NOT_RESULTS = ("frames_per_task",)
@@ -217,7 +224,7 @@ class StoreFollower:
 
 
 def follow(store: str | os.PathLike, params: Mapping[str, Any] | None, *, poll_s: float = 0.2,
-           start_timeout_s: float | None = None) -> Path:
+           start_timeout_s: float | None = None, alive=None) -> Path:
     """Follow ``store`` until it is complete and write its live features.
 
     Parameters
@@ -230,6 +237,9 @@ def follow(store: str | os.PathLike, params: Mapping[str, Any] | None, *, poll_s
         Seconds between looks at the store when nothing new was published.
     start_timeout_s : float, optional
         Give up (MovieError) when the store has not appeared after this long.
+    alive : callable, optional
+        Called between looks; False gives up (MovieError): the process that
+        writes the store is gone.
 
     Returns
     -------
@@ -241,6 +251,8 @@ def follow(store: str | os.PathLike, params: Mapping[str, Any] | None, *, poll_s
     while not follower.step():
         if follower.store_id is None and start_timeout_s is not None and time.perf_counter() - t0 > start_timeout_s:
             raise MovieError(f"{store}: no store appeared within {start_timeout_s:g} s")
+        if alive is not None and not alive():
+            raise MovieError(f"{store}: the acquisition is gone before the store was complete")
         time.sleep(poll_s)
     path = follower.write()
     log.info(
@@ -325,8 +337,10 @@ def _main(argv: list[str]) -> int:
     )
     with contextlib.suppress(OSError):
         os.nice(int(config.get("nice", 0)))
+    parent = os.getppid()  # the acquire process: if it dies outright, this one stops too
     try:
-        follow(config["store"], config["params"], start_timeout_s=config.get("start_timeout_s"))
+        follow(config["store"], config["params"], start_timeout_s=config.get("start_timeout_s"),
+               alive=lambda: os.getppid() == parent)
     except (MovieError, ValueError, OSError) as exc:
         log.error("live locate of %s: %s", config["store"], exc)
         return 1

@@ -2,7 +2,7 @@
 
 from pipeline.cli import log_to_file
 from pipeline.acquire import run
-from pipeline.live.locate import live_locate, workflow_live_params
+from pipeline.live.locate import LIVE_SHARD_SECONDS, live_locate, workflow_live_params
 
 
 def main(smk) -> None:
@@ -21,6 +21,8 @@ def main(smk) -> None:
             smk.params.stage,
             truth=smk.output.get("truth"),
             name=smk.wildcards.run,
+            # shards of a second of frames: the follower is never further behind
+            shard_seconds=LIVE_SHARD_SECONDS if locate is not None else None,
         )
 
 
