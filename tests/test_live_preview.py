@@ -93,10 +93,11 @@ def test_the_preview_analyses_a_real_stream_and_serves_a_page_that_updates(tmp_p
     analysed = [s["frames_analysed"] for s in seen]
     assert len(set(analysed)) >= 3 and analysed == sorted(analysed), analysed  # it updated while the camera ran
     assert any(not s["ended"] for s in seen)
-    # small frames at 30 fps: it keeps up
+    # small frames at 30 fps: it keeps up, analysing every frame it received
+    # (the PUB side may still drop one on a loaded machine)
     assert movie.complete and len(movie) == 150 and movie.attrs["dropped"] == []
-    assert state["ended"] and state["frames_analysed"] == state["frames_published"] >= 140
-    assert state["analysed_fraction"] == 1.0
+    assert state["ended"] and state["frames_analysed"] == state["frames_received"] >= 140
+    assert state["frames_skipped_busy"] == 0 and state["analysed_fraction"] >= 0.95
     assert state["particles_mean"] > 3 and state["tracks"]["total"] >= 5
     size = state["size"]
     assert size["n_tracks"] >= 5 and 50 < size["walker_d50_nm"] < 200
