@@ -101,6 +101,12 @@ def free_endpoint():
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
+def state_now(url):
+    """The preview's state, from its page's JSON."""
+    with urllib.request.urlopen(url + "state.json", timeout=10) as response:
+        return json.loads(response.read())
+
+
 def workflow(store, config, tmp):
     """The workflow's stage functions on the store: locate, refine, link, size."""
     from pipeline import link, locate, refine, size
@@ -183,13 +189,13 @@ def main(argv=None):
             with live_locate(store, config["locate"]):
                 movie = acquire(ReplayCamera(source), store, shard_seconds=LIVE_SHARD_SECONDS, **acquire_kwargs)
                 t_end = time.perf_counter()
+                at_end = state_now(url)
             live_lag = time.perf_counter() - t_end if live_features_path(store).is_file() else None
         else:
             movie = acquire(ReplayCamera(source), store, **acquire_kwargs)
             t_end = time.perf_counter()
+            at_end = state_now(url)
         acquire_s = t_end - t
-        with urllib.request.urlopen(url + "state.json", timeout=10) as response:
-            at_end = json.loads(response.read())
         preview.wait(timeout=600)
         reader.join(10)
         final = json.loads(state_file.read_text())
