@@ -16,6 +16,8 @@ so that the simulator is not the bottleneck):
    checksum each stored chunk carries).
 
 Target: >= 100 fps (~840 MB/s) with zero dropped, ``ratio_to_zmq`` >= 0.5.
+The store's compression is the ``acquire`` schema's default; which one is
+measured by benchmarks/compression.py.
 The last line printed is one JSON object.
 
     python benchmarks/acquire.py [--quick] [--frames N] [--transport ipc|tcp]
@@ -34,12 +36,12 @@ import time
 from pathlib import Path
 
 import google_crc32c
-import numcodecs
 import numpy as np
 
 from pipeline.acquire import CameraFrame, acquire, publish
 from pipeline.acquire.stream import DEFAULT_HWM
-from pipeline.io.movie import open_movie
+from pipeline.io._shards import frame_codec
+from pipeline.io.movie import DEFAULT_COMPRESSION, open_movie
 
 SHAPE = (2048, 2048)
 TARGET_FPS = 100.0
@@ -139,10 +141,11 @@ def full_path(pool, n, settings, tmp, transport, **options):
     return result
 
 
-def disk_only(pool, n, tmp, clevel=5):
+def disk_only(pool, n, tmp):
     """Plain sequential writes of the same compressed bytes (page cache, as the
-    writer does; and with a final fsync)."""
-    codec = numcodecs.Blosc(cname="lz4", clevel=clevel, shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0)
+    writer does; and with a final fsync), compressed as the store's default
+    (``acquire.codec``, ``shuffle``, ``clevel``)."""
+    codec = frame_codec(DEFAULT_COMPRESSION["clevel"], DEFAULT_COMPRESSION["codec"], DEFAULT_COMPRESSION["shuffle"])
     t = time.perf_counter()
     compressed = [codec.encode(f) for f in pool]
     compress_s_per_frame = (time.perf_counter() - t) / len(pool)

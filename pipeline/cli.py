@@ -215,29 +215,45 @@ def _register_acquire(sub: Any) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--live-locate", action="store_true",
+        help="also locate every frame as it reaches the store (the --config file's locate section); "
+        "the features go beside the store as <name>.live_features.parquet",
+    )
     _add_security_options(p)
     add_params_options(p)
 
     def run_acquire(args: argparse.Namespace) -> int:
+        import contextlib
+
         from .acquire import acquire
         from .acquire.sources import parse_source
 
         source = parse_source(args.source, _acquire_key_values(args.source_set, "--source-set"))
         params = stage_params(args, "acquire")
-        movie = acquire(
-            source,
-            args.output,
-            frames=args.frames,
-            duration_s=args.duration,
-            endpoint=args.endpoint,
-            pub_endpoint=args.pub or params.pop("pub_endpoint", None),
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            report=False,  # the live line says it all; --quiet means quiet
-            keys=args.keys,
-            insecure=args.insecure,
-            **params,
-        )
+        live, shard_seconds = contextlib.nullcontext(), None
+        if args.live_locate or params.pop("live_locate", False):
+            from .io.config import load_config
+            from .live.locate import LIVE_SHARD_SECONDS, live_locate
+
+            live = live_locate(args.output, load_config(args.config)["locate"] if args.config else {})
+            shard_seconds = LIVE_SHARD_SECONDS
+        with live:
+            movie = acquire(
+                source,
+                args.output,
+                frames=args.frames,
+                duration_s=args.duration,
+                endpoint=args.endpoint,
+                pub_endpoint=args.pub or params.pop("pub_endpoint", None),
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                report=False,  # the live line says it all; --quiet means quiet
+                keys=args.keys,
+                insecure=args.insecure,
+                shard_seconds=shard_seconds,
+                **params,
+            )
         print(_acquire_summary(movie), file=sys.stderr)
         return 0 if movie.complete else 1
 
@@ -297,28 +313,68 @@ def _register_record(sub: Any) -> None:
 def _register_preview(sub: Any) -> None:
     p = sub.add_parser(
         "preview",
-        help="watch a running acquisition: particles per frame (trackpy.locate)",
-        description="Subscribe to an acquisition's PUB socket and print the particles "
-        "trackpy.locate finds on every Nth frame.",
+        help="watch a running acquisition: particles per frame, tracks linked online, the size distribution so far",
+        description="Subscribe to an acquisition's PUB socket (trackflow acquire --pub) and show, while the "
+        "camera runs, particles per frame (the locate section), tracks linked online (the link section) and "
+        "the size distribution of the tracks so far (the size section), in the terminal and on a page served "
+        "on 127.0.0.1 (/ and /state.json). It never slows the recording; when it cannot keep up it analyses "
+        "bursts of consecutive frames and says which fraction it analysed.",
     )
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="the PUB endpoint (default %(default)s)")
-    p.add_argument("--every", type=int, default=10, help="locate on every Nth frame (default %(default)s)")
-    p.add_argument("--diameter", type=int, default=11, help="feature diameter, px, odd (default %(default)s)")
-    p.add_argument("--minmass", type=float, help="trackpy minmass")
+    p.add_argument("--config", metavar="FILE", help="config.yaml: its locate, link and size sections")
+    p.add_argument("--diameter", type=int, help="locate.diameter, px, odd (over the config's)")
+    p.add_argument("--minmass", type=float, help="locate.minmass (over the config's)")
     p.add_argument("--invert", action="store_true", help="dark particles on a bright background")
-    p.add_argument("--frames", type=int, help="stop after N located frames")
+    p.add_argument("--search-range", type=float, help="link.search_range, px (over the config's)")
+    p.add_argument(
+        "-s", "--setting", metavar="KEY=VALUE", action="append", default=[],
+        help="a condition the stream does not state (YAML value): pixel_size_um, frame_interval_s, "
+        "exposure_s, temperature_K, viscosity_Pa_s",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes locating frames (default %(default)s)")
+    p.add_argument("--port", type=int, default=8765, help="the page's port on 127.0.0.1; 0: any free one (default %(default)s)")
+    p.add_argument("--no-page", action="store_true", help="no page, the terminal only")
+    p.add_argument("--view", choices=("auto", "rich", "log", "none"), default="auto",
+                   help="terminal view: rich (a live panel), log (a line every 5 s), none (default: rich on a terminal)")
+    p.add_argument("--size-every", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds between two size estimates (default %(default)s)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop when no frame comes for this long")
+    p.add_argument("--json", metavar="FILE", help="write the final state here")
 
     def run_preview(args: argparse.Namespace) -> int:
-        from .acquire import preview
+        from .io.config import load_config
+        from .live.preview import live_preview, summary_line
 
-        options = {"invert": args.invert}
+        config = load_config(args.config) if args.config else {}
+        locate = dict(config.get("locate") or {})
+        link = dict(config.get("link") or {})
+        size = dict(config.get("size") or {})
+        if args.diameter is not None:
+            locate["diameter"] = args.diameter
         if args.minmass is not None:
-            options["minmass"] = args.minmass
-        preview(
-            args.endpoint, every=args.every, frames=args.frames, timeout_s=args.timeout,
-            diameter=args.diameter, **options,
+            locate["minmass"] = args.minmass
+        if args.invert:
+            locate["invert"] = True
+        if args.search_range is not None:
+            link["search_range"] = args.search_range
+        state = live_preview(
+            args.endpoint,
+            port=None if args.no_page else args.port,
+            locate=locate,
+            link=link,
+            size=size,
+            conditions=_acquire_key_values(args.setting, "--setting"),
+            workers=args.workers,
+            size_every_s=args.size_every,
+            duration_s=args.duration,
+            timeout_s=args.timeout,
+            view=args.view,
         )
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(state, fh)
+        print(summary_line(state), file=sys.stderr)
         return 0
 
     p.set_defaults(func=run_preview)

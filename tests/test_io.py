@@ -163,12 +163,47 @@ def test_killed_writer_leaves_a_readable_incomplete_store(tmp_path):
     assert movie.frames()[:, 0, 0].tolist() == list(range(20))
 
 
-def test_shards_are_the_bytes_zarr_writes(tmp_path, frames):
+#: Every compression the store offers (acquire.codec, shuffle, clevel), a level of each.
+COMPRESSIONS = [
+    ("lz4", "bit", 5), ("lz4", "byte", 5), ("lz4", "byte", 1), ("lz4", "none", 5), ("lz4", "bit", 9),
+    ("zstd", "byte", 1), ("zstd", "bit", 1), ("blosclz", "byte", 5), ("lz4hc", "bit", 1), ("zlib", "byte", 1),
+]  # fmt: skip
+
+
+@pytest.fixture
+def zarr_blosc_typesize(monkeypatch):
+    """zarr's Blosc with the typesize its metadata declares.
+
+    zarr 3.1 hands Blosc its typesize only with numcodecs >= 0.16 (numcodecs
+    PR 713); with an older numcodecs (geff's metadata holds it below 0.16
+    on Python 3.11, which the lock overrides: requirements-overrides.txt) it
+    compresses every chunk as bytes (typesize 1) while its metadata says the
+    dtype's size. This gives zarr's own BloscCodec the declared typesize, as
+    numcodecs >= 0.16 does, and does nothing there.
+    """
+    from packaging.version import Version
+    import numcodecs
+    from zarr.codecs.blosc import BloscCodec
+
+    if Version(numcodecs.__version__) >= Version("0.16"):
+        return
+
+    def encode(self, chunk_bytes, chunk_spec):
+        data = chunk_bytes.as_numpy_array().view(f"<u{self.typesize}")
+        return chunk_spec.prototype.buffer.from_bytes(self._blosc_codec.encode(data))
+
+    monkeypatch.setattr(BloscCodec, "_encode_sync", encode)
+
+
+@pytest.mark.parametrize("codec,shuffle,clevel", COMPRESSIONS)
+def test_shards_are_the_bytes_zarr_writes(tmp_path, frames, zarr_blosc_typesize, codec, shuffle, clevel):
     """The hand-written shards (pipeline.io._shards) against zarr's own encoding
     of the same frames, declared by the same array metadata: byte for byte,
-    with an absent frame and a partial last shard."""
+    with an absent frame and a partial last shard, for every compression."""
     ours = tmp_path / "ours.ome.zarr"
-    writer = create_movie(ours, frames.shape[1:], frames.dtype, frames_per_shard=8)
+    writer = create_movie(
+        ours, frames.shape[1:], frames.dtype, frames_per_shard=8, codec=codec, shuffle=shuffle, clevel=clevel
+    )
     for i, frame in enumerate(frames):
         if i != 5:
             writer.write(i, frame, timestamp=0.5 * i)
@@ -182,6 +217,11 @@ def test_shards_are_the_bytes_zarr_writes(tmp_path, frames):
         (theirs / sub).mkdir(parents=True)
         (theirs / sub / "zarr.json").write_bytes((ours / sub / "zarr.json").read_bytes())
         zarr.open_array(str(theirs / sub), mode="r+")[:] = data
+    blosc = json.loads((ours / "0" / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"][1]
+    assert blosc["configuration"] == {
+        "typesize": 2, "cname": codec, "clevel": clevel, "blocksize": 0,
+        "shuffle": {"bit": "bitshuffle", "byte": "shuffle", "none": "noshuffle"}[shuffle],
+    }  # fmt: skip
     for sub in ("0", "timestamps"):
         our_files = sorted(p.relative_to(ours / sub) for p in (ours / sub / "c").rglob("*") if p.is_file())
         their_files = sorted(p.relative_to(theirs / sub) for p in (theirs / sub / "c").rglob("*") if p.is_file())

@@ -70,7 +70,10 @@ __all__ = [
 ]
 
 # The ``acquire`` keys that the writer process takes (the rest are the publisher's).
-WRITER_KEYS = ("frames_per_shard", "clevel", "compression_threads", "hwm", "timeout_s", "max_frame_bytes", "max_seq_gap")
+WRITER_KEYS = (
+    "frames_per_shard", "codec", "shuffle", "clevel", "compression_threads",
+    "hwm", "timeout_s", "max_frame_bytes", "max_seq_gap",
+)
 
 
 def _loopback_endpoint(transport: str) -> tuple[str, Path | None]:
@@ -118,6 +121,7 @@ def acquire(
     run: str | None = None,
     keys: str | os.PathLike | None = None,
     insecure: bool = False,
+    shard_seconds: float | None = None,
     **settings: Any,
 ) -> Movie:
     """Stream a source into a movie store, through the real sockets.
@@ -158,9 +162,14 @@ def acquire(
         (see :mod:`pipeline.acquire.security`).
     insecure : bool
         Allow a non-loopback ``endpoint`` or ``pub_endpoint`` without keys.
+    shard_seconds : float, optional
+        With ``frames_per_shard`` null, shards of at most this many seconds
+        of frames: what follows the store (:func:`pipeline.live.live_locate`)
+        gets them that soon. The frames are the same; only the files differ.
     **settings
         The ``acquire`` config keys (``acquire.schema.yaml``; missing keys
-        take its defaults), except ``pub_endpoint``.
+        take its defaults), except ``pub_endpoint``; ``live_locate`` is
+        accepted and left to the caller (:func:`pipeline.live.live_locate`).
 
     Returns
     -------
@@ -170,6 +179,9 @@ def acquire(
     """
     settings = check_section("acquire", settings)
     pub_endpoint = pub_endpoint or settings.pop("pub_endpoint")
+    # the acquire job's (and trackflow acquire --live-locate's) business, not the stream's:
+    # pipeline.live.locate follows the store this writes
+    settings.pop("live_locate")
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
@@ -208,6 +220,7 @@ def acquire(
             run=run,
             progress=progress,
             acquisition=acquisition,
+            shard_seconds=shard_seconds,
             start_timeout_s=settings["timeout_s"],
             keys=None if keys is None else str(keys),
             insecure=insecure,
@@ -302,6 +315,7 @@ def run(
     truth: str | os.PathLike | None = None,
     *,
     name: str | None = None,
+    shard_seconds: float | None = None,
 ) -> None:
     """Acquire one run of the workflow: source → ``output`` (movie.ome.zarr).
 
@@ -324,6 +338,9 @@ def run(
     name : str, optional
         The run's name, recorded in the store (default: the name of
         ``output``'s directory).
+    shard_seconds : float, optional
+        See :func:`acquire` (the acquire job passes it when it locates
+        while acquiring).
 
     Raises
     ------
@@ -339,7 +356,9 @@ def run(
     camera = open_source(source)
     if isinstance(camera, SimulatedCamera) and truth is None:
         raise ValueError("acquire: a simulated source writes its ground truth; pass truth= (truth.parquet)")
-    movie = acquire(camera, output, overwrite=True, run=name, **{k: settings[k] for k in params})
+    movie = acquire(
+        camera, output, overwrite=True, run=name, shard_seconds=shard_seconds, **{k: settings[k] for k in params}
+    )
     if not movie.complete:
         raise MovieError(
             f"{output}: the stream ended incomplete ({movie.attrs.get('interrupted') or 'no end of stream'}); "

@@ -1,4 +1,8 @@
-"""A live view of a running acquisition: particles per frame.
+"""A minimal live view of a running acquisition: particles per frame.
+
+``trackflow preview`` is now the live analysis of :mod:`pipeline.live.preview`
+(particles, online tracks, the size distribution, a page on loopback); this
+function stays for scripts that only count particles.
 
 :func:`preview` subscribes to the publisher's PUB socket and runs
 ``trackpy.locate`` on every ``every``-th frame it receives, printing how many

@@ -5,7 +5,8 @@ writer falls behind, ``hwm`` frames queue up and then ``send`` blocks, so no
 frame is ever dropped in transit. A PUB socket (optional) offers the same
 frames to live viewers (:mod:`pipeline.acquire.preview`); it has a small
 high-water mark and drops frames for slow subscribers, never blocking the
-lossless path. Frames go out without copying (``copy=False``): the array
+lossless path; it repeats the start message (the acquisition's metadata)
+every second for viewers that join late. Frames go out without copying (``copy=False``): the array
 must not be modified afterwards (see :mod:`pipeline.acquire.camera`).
 """
 
@@ -35,6 +36,7 @@ DEFAULT_HWM = section_defaults("acquire")["hwm"]
 #: How long a send may block before the writer counts as gone (``acquire.send_timeout_s``).
 DEFAULT_SEND_TIMEOUT_S = section_defaults("acquire")["send_timeout_s"]
 PUB_HWM = 2  # live viewers get the latest frames or nothing
+PUB_START_EVERY_S = 1.0  # the start message (the acquisition's metadata) again on PUB, for late viewers
 _SOCKET_BUFFER = 8 * 2**20  # kernel socket buffer: big frames, fewer wake-ups
 _POLL_S = 0.25  # how often a blocked send checks that the writer still runs
 
@@ -149,6 +151,8 @@ class Publisher:
             self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._t0: float | None = None
         self._last_seq = -1
+        self._start_message: bytes | None = None  # repeated on the PUB socket
+        self._t_start_repeated = -math.inf
 
     # -- sending --------------------------------------------------------
     def _send_parts(self, parts: list, *, copy: bool = False) -> None:
@@ -180,6 +184,7 @@ class Publisher:
             self.run, metadata, frames_expected=frames_expected, first_seq=first_seq
         )
         self._send_parts([message], copy=True)
+        self._start_message = message
 
     def send(self, frame: np.ndarray, seq: int | None = None, t: float | None = None) -> None:
         """Send one frame (numbered and time-stamped here unless given)."""
@@ -197,6 +202,10 @@ class Publisher:
         self._send_parts([header, array])
         if self._pub is not None:
             try:
+                if self._start_message is not None and now - self._t_start_repeated >= PUB_START_EVERY_S:
+                    # the metadata again, for live viewers that joined late
+                    self._pub.send(self._start_message, flags=zmq.NOBLOCK)
+                    self._t_start_repeated = now
                 self._pub.send_multipart([header, array], copy=False, flags=zmq.NOBLOCK)
             except zmq.Again:
                 pass  # a live view may drop frames

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import selectors
 import signal
@@ -50,7 +51,16 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import zmq
 
-from ..io.movie import Movie, MovieError, MovieWriter, create_movie, open_movie, update_attributes
+from ..io.movie import (
+    Movie,
+    MovieError,
+    MovieWriter,
+    compression_settings,
+    create_movie,
+    shards_for,
+    open_movie,
+    update_attributes,
+)
 from ..io.schema import section_defaults
 from ..io.tables import jsonable
 from ..physics import water_viscosity
@@ -71,7 +81,7 @@ _LOG_FIRST = 10  # rejections logged per reason before only every 1000th is
 _RESERVED = {
     "complete", "frames_written", "dropped", "first_seq", "frames_per_shard", "trackflow_version",
     "write_error", "interrupted", "rejected", "frames_received", "frames_sent_mismatch", "stream",
-    "environment_lock_sha256",
+    "environment_lock_sha256", "compression", "store_id",
 }
 
 
@@ -116,8 +126,9 @@ class StreamReceiver:
         Acquisition metadata; overrides what the start message says.
     run : str, optional
         Accept only messages of this run (default: the first message's).
-    frames_per_shard, clevel, compression_threads
-        Passed to :func:`pipeline.io.movie.create_movie`.
+    frames_per_shard, clevel, codec, shuffle, compression_threads
+        Passed to :func:`pipeline.io.movie.create_movie` (None: the
+        ``acquire`` schema's defaults).
     max_frame_bytes : int
         Frames larger than this are rejected (reason ``shape``).
     max_seq_gap : int
@@ -125,6 +136,11 @@ class StreamReceiver:
         (reason ``seq_jump``).
     acquisition : mapping, optional
         The acquisition settings, recorded as ``acquisition``.
+    shard_seconds : float, optional
+        With ``frames_per_shard`` None, shards hold at most this many
+        seconds of frames (at the stream's frame interval), so that readers
+        following the store get its frames that soon (locating while
+        acquiring); None: about 64 MiB of raw frames.
 
     Raises
     ------
@@ -140,19 +156,26 @@ class StreamReceiver:
         metadata: Mapping[str, Any] | None = None,
         run: str | None = None,
         frames_per_shard: int | None = None,
-        clevel: int = 5,
+        clevel: int | None = None,
+        codec: str | None = None,
+        shuffle: str | None = None,
         compression_threads: int | None = None,
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
         max_seq_gap: int = MAX_SEQ_GAP,
         acquisition: Mapping[str, Any] | None = None,
+        shard_seconds: float | None = None,
     ):
         self.output = Path(output)
+        self.shard_seconds = shard_seconds
         self.overwrite = bool(overwrite)
         # checked now: a bad value given by hand is an error before anything is received
         self.explicit_metadata = wire.check_metadata(jsonable(dict(metadata or {})), f"{output}: metadata")
         self.run = run
+        # checked now: a bad value is an error before anything is received
+        compression_settings(clevel=clevel, codec=codec, shuffle=shuffle)
         self.store_options = dict(
-            frames_per_shard=frames_per_shard, clevel=clevel, compression_threads=compression_threads
+            frames_per_shard=frames_per_shard, clevel=clevel, codec=codec, shuffle=shuffle,
+            compression_threads=compression_threads,
         )
         self.max_frame_bytes = int(max_frame_bytes)
         self.max_seq_gap = int(max_seq_gap)
@@ -333,6 +356,10 @@ class StreamReceiver:
         if self.start is None and self.start_rejected:
             where += f" (the start message was rejected: {self.start_rejected})"
         pixel, interval, attrs = _physical_metadata(metadata, len(fh.shape), where)
+        options = dict(self.store_options)
+        if options["frames_per_shard"] is None and self.shard_seconds:
+            by_bytes = shards_for(int(np.prod(fh.shape)) * fh.dtype.itemsize, None)
+            options["frames_per_shard"] = max(1, min(by_bytes, math.ceil(self.shard_seconds / interval)))
         attrs.update(
             run=self.run,
             frames_expected=start.get("frames_expected"),
@@ -348,7 +375,7 @@ class StreamReceiver:
             metadata=attrs,
             first_seq=first_seq,
             overwrite=self.overwrite,
-            **self.store_options,
+            **options,
         )
         self.frame_shape, self.dtype, self.first_seq = fh.shape, fh.dtype, first_seq
         self.last_seq = first_seq - 1
@@ -539,11 +566,14 @@ def record(
     start_timeout_s: float | None = None,
     hwm: int = DEFAULT_HWM,
     frames_per_shard: int | None = None,
-    clevel: int = 5,
+    clevel: int | None = None,
+    codec: str | None = None,
+    shuffle: str | None = None,
     compression_threads: int | None = None,
     max_frame_bytes: int = wire.MAX_FRAME_BYTES,
     max_seq_gap: int = MAX_SEQ_GAP,
     acquisition: Mapping[str, Any] | None = None,
+    shard_seconds: float | None = None,
     progress: bool = False,
     progress_tty: bool | None = None,
     on_ready: Callable[[str], None] | None = None,
@@ -576,8 +606,9 @@ def record(
         How long to wait for the first message (None: forever).
     hwm : int
         Frames queued on the socket.
-    frames_per_shard, clevel, compression_threads
-        Store layout and compression (see :func:`pipeline.io.movie.create_movie`).
+    frames_per_shard, clevel, codec, shuffle, compression_threads
+        Store layout and compression (see :func:`pipeline.io.movie.create_movie`;
+        None: the ``acquire`` schema's defaults).
     max_frame_bytes : int
         Largest frame accepted; larger messages are refused by ZeroMQ itself
         before they are received (see the module's description).
@@ -585,6 +616,8 @@ def record(
         Furthest a frame or the end message may run ahead of the last frame.
     acquisition : mapping, optional
         Settings recorded as ``acquisition`` in the store.
+    shard_seconds : float, optional
+        See :class:`StreamReceiver`.
     progress : bool
         Print a live progress line on stderr.
     progress_tty : bool, optional
@@ -631,10 +664,13 @@ def record(
         run=run,
         frames_per_shard=frames_per_shard,
         clevel=clevel,
+        codec=codec,
+        shuffle=shuffle,
         compression_threads=compression_threads,
         max_frame_bytes=max_frame_bytes,
         max_seq_gap=max_seq_gap,
         acquisition=acquisition,
+        shard_seconds=shard_seconds,
     )
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)

@@ -43,13 +43,44 @@ _ABSENT = np.uint64(2**64 - 1)
 CHECKSUM_BYTES = 4
 
 
-def frame_codec(clevel: int) -> numcodecs.Blosc:
+#: The Blosc compressors a store may use (``acquire.codec``).
+CODECS = ("lz4", "zstd", "blosclz", "lz4hc", "zlib")
+#: ``acquire.shuffle`` -> (numcodecs' constant, the name zarr's ``BloscCodec`` records).
+SHUFFLES = {
+    "bit": (numcodecs.Blosc.BITSHUFFLE, "bitshuffle"),
+    "byte": (numcodecs.Blosc.SHUFFLE, "shuffle"),
+    "none": (numcodecs.Blosc.NOSHUFFLE, "noshuffle"),
+}
+
+
+def check_compression(codec: str, shuffle: str, clevel: int) -> tuple[str, str, int]:
+    """``(codec, shuffle, clevel)`` checked, with errors naming the key."""
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {list(CODECS)}, got {codec!r}")
+    if shuffle not in SHUFFLES:
+        raise ValueError(f"shuffle must be one of {list(SHUFFLES)}, got {shuffle!r}")
+    if isinstance(clevel, bool) or int(clevel) != clevel or not 0 <= int(clevel) <= 9:
+        raise ValueError(f"clevel must be an integer from 0 to 9, got {clevel!r}")
+    return codec, shuffle, int(clevel)
+
+
+def frame_codec(clevel: int, codec: str = "lz4", shuffle: str = "bit") -> numcodecs.Blosc:
     """The Blosc compressor of one frame, as the store's ``BloscCodec`` declares it.
 
-    Must match ``BloscCodec(cname="lz4", clevel=clevel, shuffle="bitshuffle")``
-    in :func:`~pipeline.io.movie.create_movie`; the typesize is the frame's.
+    Must match ``BloscCodec(cname=codec, clevel=clevel, shuffle=SHUFFLES[shuffle][1])``
+    in :func:`~pipeline.io.movie.create_movie` (:func:`zarr_codec`); the
+    typesize is the frame's (numcodecs takes it from the array it encodes).
     """
-    return numcodecs.Blosc(cname="lz4", clevel=int(clevel), shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0)
+    codec, shuffle, clevel = check_compression(codec, shuffle, clevel)
+    return numcodecs.Blosc(cname=codec, clevel=clevel, shuffle=SHUFFLES[shuffle][0], blocksize=0)
+
+
+def zarr_codec(clevel: int, codec: str = "lz4", shuffle: str = "bit"):
+    """zarr's declaration of :func:`frame_codec` (typesize: the array's dtype)."""
+    from zarr.codecs import BloscCodec
+
+    codec, shuffle, clevel = check_compression(codec, shuffle, clevel)
+    return BloscCodec(cname=codec, clevel=clevel, shuffle=SHUFFLES[shuffle][1])
 
 
 def checksum(data: bytes) -> bytes:

@@ -7,7 +7,8 @@ it finds, one line each, naming the frame or file:
 - the OME-NGFF metadata (version, axes, a positive finite scale) and the
   ``trackflow`` attributes (the keys the writer publishes; the scale they
   repeat; shape = ``frames_written`` + ``dropped``; ``complete``,
-  ``write_error``);
+  ``write_error``); ``trackflow.compression``, when the store records it,
+  against zarr's codec metadata of the image;
 - every shard file a claimed (not dropped) frame needs: present, its index
   readable with a matching CRC-32C, a chunk for every claimed frame;
 - every frame decoded, which verifies its chunk's CRC-32C (stores written
@@ -262,6 +263,32 @@ def _chunk_codecs(meta: dict) -> list[str]:
     return [codec.get("name") for codec in codecs]
 
 
+def _check_compression(movie: Movie, meta: dict, report: CheckReport) -> None:
+    """``trackflow.compression`` (stores written since it was recorded)
+    against the Blosc codec zarr decodes the frames with."""
+    recorded = movie.attrs.get("compression")
+    if recorded is None:
+        return
+    codecs = meta.get("codecs", [])
+    for codec in codecs:
+        if codec.get("name") == "sharding_indexed":
+            codecs = codec.get("configuration", {}).get("codecs", [])
+    blosc = next((c.get("configuration", {}) for c in codecs if c.get("name") == "blosc"), None)
+    if blosc is None:
+        report.problems.append(f"trackflow.compression says {recorded}, but the image's codecs have no Blosc")
+        return
+    shuffle = {name: key for key, (_, name) in _shards.SHUFFLES.items()}.get(blosc.get("shuffle"))
+    declared = {"codec": blosc.get("cname"), "shuffle": shuffle, "clevel": blosc.get("clevel")}
+    if "typesize" in recorded:
+        declared["typesize"] = blosc.get("typesize")
+    differ = {key: (recorded.get(key), value) for key, value in declared.items() if recorded.get(key) != value}
+    if differ:
+        report.problems.append(
+            "trackflow.compression disagrees with the image's Blosc codec: "
+            + ", ".join(f"{key} {ours!r} against {theirs!r}" for key, (ours, theirs) in differ.items())
+        )
+
+
 def check_movie(path: str | os.PathLike) -> CheckReport:
     """Verify a whole movie store and list what is wrong with it.
 
@@ -288,7 +315,9 @@ def check_movie(path: str | os.PathLike) -> CheckReport:
     report = CheckReport(path=path, frames=len(movie))
     _check_ome(movie, report)
     dropped = _check_attributes(movie, report)
-    if "crc32c" not in _chunk_codecs(_json(path / movie.array.path / "zarr.json")):
+    image_meta = _json(path / movie.array.path / "zarr.json")
+    _check_compression(movie, image_meta, report)
+    if "crc32c" not in _chunk_codecs(image_meta):
         report.notes.append("the chunks carry no CRC-32C (written before it was added): changed bytes may go unnoticed")
     bad = _check_shards(movie, dropped, report)
     _decode_frames(movie, bad | dropped, report)

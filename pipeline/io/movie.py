@@ -7,7 +7,8 @@ Layout of ``movie.ome.zarr`` (and of the label stores, which share it)::
                           and "trackflow" (acquisition metadata)
       0/                  the image: (t, y, x) or (t, z, y, x); one frame per
                           chunk, shards of ``frames_per_shard`` frames along t,
-                          Blosc-LZ4 bit-shuffle
+                          Blosc (``acquire.codec``, ``shuffle``, ``clevel``;
+                          by default LZ4, bit-shuffle, level 5)
       timestamps/         float64 per frame (NaN where a frame never arrived)
 
 Frame ``i`` of the array is sequence number ``first_seq + i``: a frame that
@@ -31,6 +32,12 @@ the store at all (they are not listed as dropped: they arrived, and the time
 axis simply ends earlier), so every frame within the shape is either on disk
 or listed in ``dropped``.
 
+The compression is zarr's codec metadata (``0/zarr.json``), and
+``trackflow.compression`` says the same in trackflow's words (``codec``,
+``shuffle``, ``clevel``, ``typesize``); a reader needs neither: every Blosc
+frame carries its own settings, so stores written with any of them read
+alike.
+
 Every chunk carries a CRC-32C that zarr verifies when it decodes it; a frame
 whose bytes changed, or one the store claims (not in ``dropped``) whose shard
 file is gone, is a :class:`MovieError` naming the frame and the file when read.
@@ -45,6 +52,7 @@ import queue
 import shutil
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -55,6 +63,7 @@ import numpy as np
 from .. import __version__
 from . import _shards
 from .files import atomic_write
+from .schema import section_defaults
 from .tables import jsonable
 
 __all__ = [
@@ -65,7 +74,10 @@ __all__ = [
     "open_movie",
     "write_movie",
     "update_attributes",
+    "compression_settings",
+    "shards_for",
     "IMAGE_PATH",
+    "DEFAULT_COMPRESSION",
 ]
 
 IMAGE_PATH = "0"
@@ -73,6 +85,8 @@ TIMESTAMPS_PATH = "timestamps"
 NGFF_VERSION = "0.5"
 DEFAULT_SHARD_BYTES = 64 * 2**20
 DEFAULT_BUFFER_BYTES = 1024 * 2**20
+#: The store's compression by default: the ``acquire`` schema's ``codec``, ``shuffle`` and ``clevel``.
+DEFAULT_COMPRESSION = {key: section_defaults("acquire")[key] for key in ("codec", "shuffle", "clevel")}
 
 
 class MovieError(ValueError):
@@ -126,7 +140,8 @@ def _axes_for(ndim_spatial: int) -> tuple[str, ...]:
     raise MovieError(f"frames must be 2D (y, x) or 3D (z, y, x), got {ndim_spatial} dimensions")
 
 
-def _shards_for(frame_bytes: int, frames_per_shard: int | None) -> int:
+def shards_for(frame_bytes: int, frames_per_shard: int | None) -> int:
+    """Frames per shard: as given, or about 64 MiB of raw frames (1 to 1024)."""
     if frames_per_shard is None:
         frames_per_shard = max(1, min(1024, DEFAULT_SHARD_BYTES // max(frame_bytes, 1)))
     if int(frames_per_shard) < 1:
@@ -182,7 +197,9 @@ class MovieWriter:
         dtype: np.dtype,
         frames_per_shard: int,
         *,
-        clevel: int = 5,
+        clevel: int | None = None,
+        codec: str | None = None,
+        shuffle: str | None = None,
         compression_threads: int | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         first_seq: int = 0,
@@ -193,7 +210,10 @@ class MovieWriter:
         self.frames_per_shard = int(frames_per_shard)
         self.first_seq = int(first_seq)
         self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
-        self._codec = _shards.frame_codec(clevel)
+        self.compression = compression_settings(clevel=clevel, codec=codec, shuffle=shuffle)
+        self._codec = _shards.frame_codec(
+            self.compression["clevel"], self.compression["codec"], self.compression["shuffle"]
+        )
         self._pool = ThreadPoolExecutor(
             max_workers=compression_threads or os.cpu_count() or 2,
             thread_name_prefix="trackflow-compress",
@@ -396,7 +416,9 @@ def create_movie(
     frame_interval_s: float = 1.0,
     metadata: Mapping[str, Any] | None = None,
     frames_per_shard: int | None = None,
-    clevel: int = 5,
+    clevel: int | None = None,
+    codec: str | None = None,
+    shuffle: str | None = None,
     compression_threads: int | None = None,
     buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     first_seq: int = 0,
@@ -423,8 +445,15 @@ def create_movie(
         Initial ``trackflow`` attributes (source, exposure_s, temperature_K, ...).
     frames_per_shard : int, optional
         Frames per shard file; by default about 64 MiB of raw frames.
+    clevel, codec, shuffle : optional
+        The Blosc compression of every frame (``acquire.clevel``,
+        ``acquire.codec``, ``acquire.shuffle``; None: the schema's default).
+        Recorded in zarr's codec metadata and as ``trackflow.compression``.
+    compression_threads : int, optional
+        Threads compressing frames (default: the cores).
     """
     path = Path(path)
+    compression = compression_settings(clevel=clevel, codec=codec, shuffle=shuffle, dtype=dtype)
     frame_shape = tuple(int(s) for s in frame_shape)
     if any(s < 1 for s in frame_shape):
         raise MovieError(f"{path}: frame shape {frame_shape} has an empty axis")
@@ -439,10 +468,10 @@ def create_movie(
         if not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    frames_per_shard = _shards_for(int(np.prod(frame_shape)) * dtype.itemsize, frames_per_shard)
+    frames_per_shard = shards_for(int(np.prod(frame_shape)) * dtype.itemsize, frames_per_shard)
 
     import zarr
-    from zarr.codecs import BloscCodec, Crc32cCodec
+    from zarr.codecs import Crc32cCodec
 
     scale = [float(frame_interval_s), *pixel.tolist()]
     attrs = {
@@ -452,6 +481,10 @@ def create_movie(
         "frames_written": 0,
         "dropped": [],
         **jsonable(dict(metadata or {})),
+        "compression": compression,
+        # this store, and no other (a store written again gets a new one): what
+        # results derived from it while it was being written name it by
+        "store_id": uuid.uuid4().hex,
     }
     root = zarr.open_group(
         str(path),
@@ -471,7 +504,10 @@ def create_movie(
         chunks=(1, *frame_shape),
         shards=(frames_per_shard, *frame_shape),
         dtype=dtype,
-        compressors=[BloscCodec(cname="lz4", clevel=int(clevel), shuffle="bitshuffle"), Crc32cCodec()],
+        compressors=[
+            _shards.zarr_codec(compression["clevel"], compression["codec"], compression["shuffle"]),
+            Crc32cCodec(),
+        ],
         fill_value=0,
         dimension_names=list(axes),
     )
@@ -489,11 +525,42 @@ def create_movie(
         frame_shape,
         dtype,
         frames_per_shard,
-        clevel=clevel,
+        clevel=compression["clevel"],
+        codec=compression["codec"],
+        shuffle=compression["shuffle"],
         compression_threads=compression_threads,
         buffer_bytes=buffer_bytes,
         first_seq=first_seq,
     )
+
+
+def compression_settings(
+    *, clevel: int | None = None, codec: str | None = None, shuffle: str | None = None, dtype: Any = None
+) -> dict[str, Any]:
+    """A store's compression as ``trackflow.compression`` records it.
+
+    Parameters
+    ----------
+    clevel, codec, shuffle : optional
+        As the ``acquire`` keys; None takes the schema's default
+        (:data:`DEFAULT_COMPRESSION`). Checked here, errors naming the key.
+    dtype : numpy dtype, optional
+        The pixels' type: its size is Blosc's ``typesize`` (recorded when given).
+
+    Returns
+    -------
+    dict
+        ``compressor`` ("blosc"), ``codec``, ``shuffle``, ``clevel``,
+        ``typesize`` (with ``dtype``) and ``checksum`` ("crc32c").
+    """
+    given = {"codec": codec, "shuffle": shuffle, "clevel": clevel}
+    chosen = {key: DEFAULT_COMPRESSION[key] if value is None else value for key, value in given.items()}
+    codec, shuffle, clevel = _shards.check_compression(chosen["codec"], chosen["shuffle"], chosen["clevel"])
+    out: dict[str, Any] = {"compressor": "blosc", "codec": codec, "shuffle": shuffle, "clevel": clevel}
+    if dtype is not None:
+        out["typesize"] = int(np.dtype(dtype).itemsize)
+    out["checksum"] = "crc32c"
+    return out
 
 
 def write_movie(

@@ -4,6 +4,11 @@
 # fails, and the script raises unless the store is marked complete, so a
 # half-written movie is never taken as done. Simulated sources also write
 # their ground truth; that is why they have a rule of their own.
+#
+# With acquire.live_locate the job also locates the frames as they reach the
+# store and writes results/{run}/movie.live_features.parquet beside it (not
+# an output: the locate rule adopts it only when it matches the store and
+# its own params, else locates from the store; pipeline/live/locate.py).
 
 
 rule acquire:
@@ -20,7 +25,7 @@ rule acquire:
         **stage_resources("acquire"),
     params:
         source=acquire_source,
-        stage=section_params("acquire"),
+        stage=acquire_params,
         version=VERSION,
     script:
         "../scripts/acquire.py"
@@ -39,7 +44,7 @@ rule acquire_simulated:
         **stage_resources("acquire"),
     params:
         source=acquire_source,
-        stage=section_params("acquire"),
+        stage=acquire_params,
         version=VERSION,
     script:
         "../scripts/acquire.py"

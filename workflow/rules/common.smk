@@ -86,6 +86,16 @@ def section_params(section):
     return params
 
 
+def acquire_params(wildcards):
+    """The acquire rule's params: its section less live_locate, which changes
+    when locate runs, not what the movie is (pipeline.live.locate): switching
+    it re-runs nothing, and the acquire job reads it, with the locate
+    section, from the config (workflow/scripts/acquire.py)."""
+    params = stage_params(config, RUNS[wildcards.run], "acquire")
+    params.pop("live_locate", None)
+    return params
+
+
 def stage_resources(section):
     """A job's cluster resources (mem_mb, runtime in minutes): the stage's
     entry of the ``resources`` section over its ``default``."""

@@ -1,4 +1,6 @@
-# locate: movie -> results/{run}/features.parquet (trackpy, Dask over frames)
+# locate: movie -> results/{run}/features.parquet (trackpy, Dask over frames);
+# the features located during the acquisition (acquire.live_locate) are
+# taken instead when they were made from this store with these params
 
 
 rule locate:

@@ -1,15 +1,17 @@
 """Rule locate: movie.ome.zarr -> features.parquet."""
 
 from pipeline.cli import log_to_file
-from pipeline.locate import run
+from pipeline.live.locate import locate_or_adopt
 
 
 def main(smk) -> None:
     log_to_file(smk.log[0])
 
     # compute comes from the config, not from params: changing the scheduler
-    # does not re-run the science
-    run(
+    # does not re-run the science. The features located during the
+    # acquisition (acquire.live_locate) are taken when they are exactly what
+    # locating the store with these params gives; else it locates the store.
+    locate_or_adopt(
         smk.input.movie,
         smk.output.features,
         smk.params.stage,
