@@ -50,7 +50,7 @@ from .. import __version__
 from ..io.movie import Movie, MovieError, open_movie
 from ..io.schema import check_section
 from ..io.tables import read_table, table_metadata, write_table
-from ..locate import empty_features, engine_used, locate_frames
+from ..locate import TRACKPY_OPTIONS, empty_features, engine_used, locate_frames
 
 __all__ = [
     "live_features_path",
@@ -125,7 +125,11 @@ class StoreFollower:
 
     def __init__(self, store: str | os.PathLike, params: Mapping[str, Any] | None):
         self.store = Path(store)
-        self.params, self.options = _options(params)
+        self.params, options = _options(params)
+        if self.params["method"] != "trackpy":
+            raise ValueError(f"live locate runs trackpy's method only, not locate.method {self.params['method']!r}")
+        # what trackpy.locate takes; the hash of the whole section (method included) decides adoption
+        self.options = {k: v for k, v in options.items() if k == "diameter" or k in TRACKPY_OPTIONS}
         self.done = 0  # frames located (or skipped as dropped)
         self.store_id: str | None = None
         self.tables: list[pd.DataFrame] = []
@@ -296,7 +300,12 @@ def live_locate(
     if not enabled:
         yield
         return
-    _options(params)  # a bad parameter is an error before anything is acquired
+    resolved, _ = _options(params)  # a bad parameter is an error before anything is acquired
+    if resolved["method"] != "trackpy":
+        log.info("%s: live locate runs trackpy's method only; with locate.method %s the locate stage "
+                 "locates from the store", store, resolved["method"])
+        yield
+        return
     # the follower logs where this process does (a Snakemake job's log file)
     log_file = next((h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
     config = json.dumps({"store": str(store), "params": dict(params or {}), "nice": int(nice), "log_file": log_file})

@@ -278,8 +278,14 @@ class LivePreview:
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
     ):
         self.endpoint = endpoint
+        from ..locate import TRACKPY_OPTIONS
+
         locate_params = check_section("locate", dict(locate or {}))
-        self.options = {k: v for k, v in locate_params.items() if k != "frames_per_task"}
+        if locate_params["method"] != "trackpy":
+            log.info("preview: locates with trackpy's method (locate.method %s is the locate stage's)",
+                     locate_params["method"])
+        # what trackpy.locate takes (the preview locates with trackpy, whatever the stage's method)
+        self.options = {k: v for k, v in locate_params.items() if k == "diameter" or k in TRACKPY_OPTIONS}
         self.link = check_section("link", dict(link or {}))
         if self.link["method"] != "nearest" or self.link["search_range_um"] is not None:
             log.info("preview: links online with trackpy's nearest-neighbour linker and search_range in pixels")
