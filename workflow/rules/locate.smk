@@ -1,9 +1,10 @@
-# locate: movie -> results/{run}/features.parquet (trackpy, Dask over frames)
+# locate: movie -> results/{run}/features.parquet (trackpy, matched or
+# learned, Dask over frames); method learned also reads the run's detector
 
 
 rule locate:
     input:
-        movie=run_path("movie.ome.zarr"),
+        unpack(locate_input),
     output:
         features=run_path("features.parquet"),
     log:
