@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 
 from .render import render_gaussian_spots
 
-__all__ = ["spot_image", "sphere_image", "hard_sphere_centres", "detection_image"]
+__all__ = ["spot_image", "sphere_image", "hard_sphere_centres", "detection_image", "add_noise"]
 
 
 def _per_axis(value, ndim: int) -> np.ndarray:
@@ -43,12 +43,17 @@ def _per_axis(value, ndim: int) -> np.ndarray:
     return np.full(ndim, float(arr)) if arr.ndim == 0 else arr.reshape(ndim)
 
 
-def _noisy(expected: np.ndarray, rng: np.random.Generator, noise: str, background: float) -> np.ndarray:
+def add_noise(expected: np.ndarray, rng: np.random.Generator, noise: str, background: float) -> np.ndarray:
+    """Camera noise on an expected image (without its background): ``gaussian``
+    (s.d. sqrt(background)), ``poisson`` (shot noise), or ``none`` (the
+    expected image plus the background)."""
+    if noise == "none":
+        return (expected + background).astype(np.float32)
     if noise == "poisson":
         return rng.poisson(expected + background).astype(np.float32)
     if noise == "gaussian":
         return (expected + background + rng.normal(0.0, math.sqrt(background), expected.shape)).astype(np.float32)
-    raise ValueError(f"noise must be 'gaussian' or 'poisson', got {noise!r}")
+    raise ValueError(f"noise must be 'gaussian', 'poisson' or 'none', got {noise!r}")
 
 
 def spot_image(
@@ -100,7 +105,7 @@ def spot_image(
     amplitude = snrs * math.sqrt(background)
     photons = amplitude * float(np.prod(np.sqrt(2 * np.pi) * s))
     expected = render_gaussian_spots(shape, pos, photons, s)
-    image = _noisy(expected, rng, noise, background)
+    image = add_noise(expected, rng, noise, background)
     inside = np.all((pos >= -0.5) & (pos < np.asarray(shape) - 0.5), axis=1)
     return image, pos[inside], snrs[inside]
 
@@ -235,7 +240,7 @@ def sphere_image(
         np.maximum(canvas[window], ball * np.float32(level), out=canvas[window])
     canvas = ndimage.gaussian_filter(canvas, s, truncate=3.5)
     core = canvas[tuple(slice(p, p + n) for p, n in zip(pad, shape))]
-    image = _noisy(core.astype(np.float64), rng, noise, background)
+    image = add_noise(core.astype(np.float64), rng, noise, background)
     pos = centres - pad
     inside = np.all((pos >= -0.5) & (pos < shape - 0.5), axis=1)
     return image, pos[inside], snrs[inside]
