@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 # what the lock holds: trackflow's dependencies with these extras, for every
 # platform, resolved for the oldest Python trackflow supports
-LOCK_EXTRAS := --extra test --extra slurm --extra view
+LOCK_EXTRAS := --extra test --extra slurm --extra view --extra learn
 LOCK_OPTIONS := --universal --python-version 3.11 --generate-hashes --overrides requirements-overrides.txt
 
 .PHONY: demo test docs install lock clean

@@ -1,4 +1,4 @@
-"""Detection benchmark: ``locate.method`` trackpy against matched, on an
+"""Detection benchmark: ``locate.method`` trackpy, matched and learned, on an
 independent simulator written here (not trackflow's), against ground truth.
 
 **2D, isolated spots** (``--frames`` frames of 512 x 512 per SNR): Gaussian
@@ -72,9 +72,25 @@ volume over {0.5, 0.75, 1} × diameter (best AP). matched: ``diameter`` 2r+1,
 ``sigma`` [2, 1.3, 1.3] px (set once for all volumes), everything else at
 its defaults (three residual rounds in 3D).
 
+**learned** (when JAX, the extra ``trackflow[learn]``, is installed): the
+detector is trained within the run, on trackflow's own simulator
+(:mod:`pipeline.simulate.detection`: pixel-integrated Gaussians, not this
+file's sampled ones), with what a user would state for these data: in 2D the
+spot s.d. 1.5 px, SNR 1.2-5.5, the density ± 30 % (``learned_training_2d``
+gives its settings, seconds and device); in 3D one detector per sphere
+radius, with the PSF (pre-blur folded in), contrast SNR ± 1 and volume
+fraction 0.2-0.55 (``learned_training_3d``). ``recall_snr<k>_learned`` and
+``precision_snr<k>_learned``: at the threshold the detector chose for
+precision 0.95 on its own simulated validation images (as the stage runs
+it); ``recall_best_snr<k>_learned``: the best recall at precision ≥ 0.95
+over the threshold; ``rmse_over_crlb_snr<k>_learned``, ``fps_learned``,
+``ap3d_min_learned``, ``precision3d_min_learned`` as for matched.
+``--quick`` trains briefly (600 steps in 2D, 100 in 3D, the radius-4 volumes
+only: ``learned_3d_radii``); the full run uses the schema's defaults.
+
 Usage: ``python benchmarks/detection.py [--quick]``; the last line printed is
 one JSON object. ``--quick`` (6 frames per SNR, 64³ volumes) runs in about
-two minutes on two cores.
+three minutes on two cores, training included.
 """
 
 from __future__ import annotations
@@ -240,7 +256,30 @@ def oracle_recall(frames, truths, n_truth):
     return best_recall(order, hit, n_truth)[0]
 
 
-def run_2d(frames_per_snr, n_spots, shape, seed):
+def learned_available() -> bool:
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def train_learned_2d(n_spots, shape, steps):
+    """The learned detector for the 2D frames: trained on trackflow's own
+    simulator (pixel-integrated Gaussians, white noise) with this benchmark's
+    spot s.d., SNR range and density, as a user would state them for a run."""
+    from pipeline.locate import learned
+
+    density = n_spots / (shape[0] * shape[1]) * 1e4
+    settings = learned.training_settings(7, {"psf_sigma": SPOT_SIGMA, "snr": [1.2, 5.5],
+                                             "density": [round(0.7 * density, 2), round(1.3 * density, 2)],
+                                             "steps": steps})
+    start = time.perf_counter()
+    detector = learned.train(settings, 2)
+    return detector, time.perf_counter() - start
+
+
+def run_2d(frames_per_snr, n_spots, shape, seed, learned_steps=None):
     import pandas as pd
     import trackpy as tp
 
@@ -250,6 +289,17 @@ def run_2d(frames_per_snr, n_spots, shape, seed):
     tp.quiet()
     rng = np.random.default_rng(seed)
     out: dict = {}
+    detector = None
+    if learned_available():
+        from pipeline.locate import learned
+
+        detector, seconds = train_learned_2d(n_spots, shape, learned_steps)
+        out["learned_training_2d"] = {"settings": detector.settings, "seconds": round(seconds, 1),
+                                      "device": detector.provenance["device"],
+                                      "validation_recall_0_95": detector.validation["recall_0_95"],
+                                      "validation_precision_0_95": detector.validation["precision_0_95"],
+                                      "threshold_0_95": detector.validation["threshold_0_95"]}
+        print(f"2D learned: trained {detector.provenance['steps']} steps in {seconds:.0f} s", flush=True)
     timing_frames = None
     default_u = threshold_for_false_rate(float(MATCHED_OPTIONS["false_rate"]), tuple(shape), (SPOT_SIGMA,) * 2,
                                          float(MATCHED_OPTIONS["background_scale"]))
@@ -317,6 +367,30 @@ def run_2d(frames_per_snr, n_spots, shape, seed):
         if math.isfinite(tuned[snr]["rmse"]):
             out[f"rmse_px_snr{k}_trackpy"] = round(tuned[snr]["rmse"], 4)
             out[f"rmse_over_crlb_snr{k}_trackpy"] = round(tuned[snr]["rmse"] / crlb, 3)
+        if detector is not None:
+            # learned: everything above a low threshold, ranked by the map's score (best cut), and as the
+            # stage runs it (the threshold for precision 0.95 on the simulated validation images)
+            maps = learned.heatmap(detector, np.stack(frames))
+            parts = []
+            for f, image in enumerate(frames):
+                found = learned.detect_learned(image, detector, threshold=0.05, separation=(3.0, 3.0),
+                                               probability=maps[f])
+                found["frame"] = f
+                parts.append(found)
+            low = pd.concat(parts, ignore_index=True)
+            order, hit, err2 = ranked_matches(truths, low, low["score"].to_numpy())
+            recall, cut = best_recall(order, hit, n_truth)
+            out[f"recall_best_snr{k}_learned"] = round(recall, 4)
+            t95 = detector.threshold_for(PRECISION)
+            at = low["score"].to_numpy() >= t95
+            out[f"recall_snr{k}_learned"] = round(float(hit[at].sum() / n_truth), 4)
+            out[f"precision_snr{k}_learned"] = round(float(hit[at].sum() / max(int(at.sum()), 1)), 4)
+            if (hit & at).any():
+                rmse = math.sqrt(np.nanmean(err2[hit & at]) / 2)
+                out[f"rmse_px_snr{k}_learned"] = round(rmse, 4)
+                out[f"rmse_over_crlb_snr{k}_learned"] = round(rmse / crlb, 3)
+            print(f"2D SNR {snr}: learned {out[f'recall_snr{k}_learned']} (precision "
+                  f"{out[f'precision_snr{k}_learned']}), learned best {out[f'recall_best_snr{k}_learned']}", flush=True)
         out[f"bound_recall_snr{k}"] = round(oracle_recall(frames, truths, n_truth), 4)
         out[f"bound_recall_known_position_snr{k}"] = round(detection_bound(snr, n_spots, tuple(shape)), 4)
         print(f"2D SNR {snr}: trackpy {out[f'recall_snr{k}_trackpy']}, matched default "
@@ -348,6 +422,15 @@ def run_2d(frames_per_snr, n_spots, shape, seed):
         best_m = min(best_m, time.perf_counter() - start)
     out["fps_trackpy"] = round(len(frames) / best_tp, 2)
     out["fps_matched"] = round(len(frames) / best_m, 2)
+    if detector is not None:
+        learned.locate_learned_frames(np.stack(frames[:2]), detector=detector, diameter=7)  # compile
+        best_l = np.inf
+        for _ in range(2):
+            start = time.perf_counter()
+            learned.locate_learned_frames(np.stack(frames), detector=detector, diameter=7)
+            best_l = min(best_l, time.perf_counter() - start)
+        out["fps_learned"] = round(len(frames) / best_l, 2)
+        out["fps_learned_note"] = "network (JAX, all cores) on the frames in batches of 8, then one process for the fits"
     return out
 
 
@@ -429,7 +512,22 @@ def matched_sigma(radius, factor=0.6):
     return [round(factor * math.sqrt(radius**2 / 5 + math.hypot(PRE_BLUR, p) ** 2), 2) for p in PSF]
 
 
-def run_3d(size, seed, quick):
+def train_learned_3d(radius, snr, steps):
+    """A learned detector for the dense volumes of one radius: trained on
+    trackflow's own simulator of packed hard spheres with this benchmark's
+    PSF (pre-blur folded in), radius, contrast range and packing range."""
+    from pipeline.locate import learned
+
+    psf = [round(math.hypot(PRE_BLUR, p), 3) for p in PSF]
+    settings = learned.training_settings(2 * radius + 1, {
+        "psf_sigma": psf, "radius": radius, "snr": [snr - 1, snr + 1], "volume_fraction": [0.2, 0.55],
+        "steps": steps})
+    start = time.perf_counter()
+    detector = learned.train(settings, 3)
+    return detector, time.perf_counter() - start
+
+
+def run_3d(size, seed, quick, learned_steps=None, learned_radii=(4, 5, 7)):
     import trackpy as tp
 
     from pipeline.locate import locate_matched
@@ -439,7 +537,18 @@ def run_3d(size, seed, quick):
     rng = np.random.default_rng(seed + 1)
     volumes = []
     cases = [(phi, r, snr) for phi in (0.25, 0.35, 0.45, 0.55) for r, snr in ((4, 3), (5, 4), (7, 5))]
-    seconds = {"trackpy": 0.0, "matched": 0.0}
+    seconds = {"trackpy": 0.0, "matched": 0.0, "learned": 0.0}
+    detectors, training = {}, {}
+    if learned_available():
+        from pipeline.locate import learned
+
+        for r, snr in ((4, 3), (5, 4), (7, 5)):
+            if r in learned_radii:
+                detectors[r], spent = train_learned_3d(r, snr, learned_steps)
+                training[str(r)] = {"seconds": round(spent, 1), "steps": detectors[r].provenance["steps"],
+                                    "validation_recall_0_95": detectors[r].validation["recall_0_95"],
+                                    "validation_precision_0_95": detectors[r].validation["precision_0_95"]}
+                print(f"3D learned r {r}: trained {detectors[r].provenance['steps']} steps in {spent:.0f} s", flush=True)
     for phi, r, snr in cases:
         vol, truth = render_3d(rng, size, r, phi, snr)
         d = 2 * r + 1
@@ -465,17 +574,33 @@ def run_3d(size, seed, quick):
         score = detection_ap(truth, found[["z", "y", "x"]].to_numpy(), diameter=2 * r, shape=vol.shape)
         row["matched"] = {"ap": round(score["ap"], 4), "precision": round(score["precision_0_5"], 4),
                           "recall": round(score["recall_0_5"], 4)}
+        if r in detectors:
+            start = time.perf_counter()
+            found = learned.locate_learned(vol, detectors[r], diameter=d)
+            seconds["learned"] += time.perf_counter() - start
+            score = detection_ap(truth, found[["z", "y", "x"]].to_numpy(), diameter=2 * r, shape=vol.shape)
+            row["learned"] = {"ap": round(score["ap"], 4), "precision": round(score["precision_0_5"], 4),
+                              "recall": round(score["recall_0_5"], 4)}
+            print(f"3D phi {phi} r {r} SNR {snr}: learned AP {row['learned']['ap']} "
+                  f"(P {row['learned']['precision']}, R {row['learned']['recall']})", flush=True)
         print(f"3D phi {phi} r {r} SNR {snr} (n {row['n_truth']}): trackpy AP {row['trackpy']['ap']} "
               f"(P {row['trackpy']['precision']}, R {row['trackpy']['recall']}); matched AP {row['matched']['ap']} "
               f"(P {row['matched']['precision']}, R {row['matched']['recall']})", flush=True)
         volumes.append(row)
     out = {"volumes_3d": volumes, "volume_size_3d": size}
-    for method in ("trackpy", "matched"):
-        out[f"ap3d_min_{method}"] = min(v[method]["ap"] for v in volumes)
-        out[f"ap3d_mean_{method}"] = round(float(np.mean([v[method]["ap"] for v in volumes])), 4)
-        out[f"precision3d_min_{method}"] = min(v[method]["precision"] for v in volumes)
-        out[f"recall3d_min_{method}"] = min(v[method]["recall"] for v in volumes)
-        out[f"seconds_per_volume_3d_{method}"] = round(seconds[method] / len(volumes), 3)
+    for method in ("trackpy", "matched", "learned"):
+        scored = [v for v in volumes if method in v]
+        if not scored:
+            continue
+        out[f"ap3d_min_{method}"] = min(v[method]["ap"] for v in scored)
+        out[f"ap3d_mean_{method}"] = round(float(np.mean([v[method]["ap"] for v in scored])), 4)
+        out[f"precision3d_min_{method}"] = min(v[method]["precision"] for v in scored)
+        out[f"recall3d_min_{method}"] = min(v[method]["recall"] for v in scored)
+        out[f"seconds_per_volume_3d_{method}"] = round(seconds[method] / len(scored), 3)
+    if detectors:
+        out["learned_training_3d"] = training
+        out["learned_3d_radii"] = sorted(detectors)
+        out["ap3d_min_matched_on_learned_radii"] = min(v["matched"]["ap"] for v in volumes if v["radius"] in detectors)
     out["seconds_per_volume_3d_trackpy_note"] = "three separations per volume"
     out["matched_sigma_3d"] = {str(r): matched_sigma(r) for r in (4, 5, 7)}
     worst = min(volumes, key=lambda v: v["matched"]["ap"])
@@ -490,6 +615,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--spots", type=int, default=200, help="spots per 512x512 frame (default %(default)s)")
     parser.add_argument("--size", type=int, help="3D volume edge, voxels (default 64 quick, 96 otherwise)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learned-steps-2d", type=int, help="training steps of the learned 2D detector "
+                        "(default 600 quick, the schema's default otherwise)")
+    parser.add_argument("--learned-steps-3d", type=int, help="training steps of each learned 3D detector "
+                        "(default 100 quick, the schema's default otherwise)")
     args = parser.parse_args(argv)
     frames = args.frames or (6 if args.quick else 20)
     size = args.size or (64 if args.quick else 96)
@@ -502,8 +631,11 @@ def main(argv=None) -> dict:
         "frame_shape": [512, 512],
         "load_average_at_start": list(os.getloadavg()),
     }
-    out.update(run_2d(frames, args.spots, (512, 512), args.seed))
-    out.update(run_3d(size, args.seed, args.quick))
+    steps_2d = args.learned_steps_2d or (600 if args.quick else None)
+    steps_3d = args.learned_steps_3d or (100 if args.quick else None)
+    out["learned"] = learned_available()
+    out.update(run_2d(frames, args.spots, (512, 512), args.seed, steps_2d))
+    out.update(run_3d(size, args.seed, args.quick, steps_3d, (4,) if args.quick else (4, 5, 7)))
     out["targets"] = {
         "recall_snr1_5_ge_0_6_default": out["recall_snr1_5_matched"] >= 0.6,
         "recall_snr2_ge_0_92_default": out["recall_snr2_matched"] >= 0.92,
@@ -517,6 +649,27 @@ def main(argv=None) -> dict:
         "ap3d_ge_0_9_every_volume": out["ap3d_min_matched"] >= 0.9,
         "precision3d_ge_0_95_every_volume": out["precision3d_min_matched"] >= 0.95,
     }
+    if out["learned"]:
+        best = {s: max(out[f"recall_best_snr{_key(s)}_matched"], out[f"recall_best_snr{_key(s)}_learned"])
+                for s in SNRS}
+        out["targets_learned"] = {
+            "recall_snr1_5_ge_0_6_default": out["recall_snr1_5_learned"] >= 0.6,
+            "recall_snr2_ge_0_92_default": out["recall_snr2_learned"] >= 0.92,
+            "recall_snr3_ge_0_97_default": out["recall_snr3_learned"] >= 0.97,
+            "precision_default_ge_0_95": min(out[f"precision_snr{_key(s)}_learned"] for s in SNRS) >= 0.95,
+            "recall_snr1_5_ge_0_6_best": out["recall_best_snr1_5_learned"] >= 0.6,
+            "recall_snr2_ge_0_92_best": out["recall_best_snr2_learned"] >= 0.92,
+            "recall_snr3_ge_0_97_best": out["recall_best_snr3_learned"] >= 0.97,
+            "rmse_le_1_3_crlb_snr_ge_3": all(out.get(f"rmse_over_crlb_snr{_key(s)}_learned", np.inf) <= 1.3
+                                            for s in (3.0, 5.0)),
+            "ap3d_ge_0_9_every_volume_learned": out.get("ap3d_min_learned", 0) >= 0.9,
+            "precision3d_ge_0_95_every_volume_learned": out.get("precision3d_min_learned", 0) >= 0.95,
+        }
+        out["targets_better_of_matched_and_learned"] = {
+            "recall_snr1_5_ge_0_6_best": best[1.5] >= 0.6,
+            "recall_snr2_ge_0_92_best": best[2.0] >= 0.92,
+            "recall_snr3_ge_0_97_best": best[3.0] >= 0.97,
+        }
     out["load_average_at_end"] = list(os.getloadavg())
     out["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out))

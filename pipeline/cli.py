@@ -417,14 +417,17 @@ def _register_locate(sub: Any) -> None:
         "locate",
         help="find features in every frame of a movie (trackpy.locate or a matched filter, Dask-parallel)",
         description=(
-            "Locate features in every frame of MOVIE (locate.method: trackpy.locate, or "
-            "matched: the matched-filter detector) and write features.parquet. Parameters: "
-            "the config's `locate` section (method, diameter, minmass, matched, ..., "
+            "Locate features in every frame of MOVIE (locate.method: trackpy.locate, "
+            "matched: the matched-filter detector, or learned: a network trained by "
+            "`trackflow train-detector`) and write features.parquet. Parameters: "
+            "the config's `locate` section (method, diameter, minmass, matched, learned, ..., "
             "frames_per_task); compute: the `compute` section or the options below."
         ),
     )
     parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="features table to write (.parquet)")
+    parser.add_argument("--detector", metavar="DIR",
+                        help="trained detector for method learned (a directory or its weights.npz)")
     add_params_options(parser)
     add_compute_options(parser)
 
@@ -437,11 +440,44 @@ def _register_locate(sub: Any) -> None:
             stage_params(args, "locate"),
             compute=compute_params(args),
             threads=args.threads,
+            detector=args.detector,
         )
         print(f"{args.output}: {len(features)} features")
         return 0
 
     parser.set_defaults(func=locate_command)
+
+# --- train-detector --------------------------------------------------------
+
+
+@command
+def _register_train_detector(sub: Any) -> None:
+    parser = sub.add_parser(
+        "train-detector",
+        help="train the learned detector (locate.method learned) on simulated images",
+        description=(
+            "Train the network of locate.method learned on images simulated with the `locate` "
+            "section's learned settings (psf_sigma, radius, snr, density, noise, ...; config/README.md) "
+            "and write DIR/weights.npz and DIR/provenance.json, as the workflow's train_detector rule "
+            "does. MOVIE is read for its dimensionality only. Then: trackflow locate MOVIE -o "
+            "features.parquet --set method=learned --detector DIR."
+        ),
+    )
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr): 2D frames or 3D volumes")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="detector directory to write")
+    add_params_options(parser)
+
+    def train_command(args: argparse.Namespace) -> int:
+        from .locate.train import run
+
+        detector = run(args.movie, args.output, stage_params(args, "locate"))
+        v = detector.validation
+        print(f"{args.output}: trained in {detector.provenance['training_seconds']:.0f} s; on simulated "
+              f"validation images recall {v['recall_0_95']:.3f} at precision {v['precision_0_95']:.3f}")
+        return 0
+
+    parser.set_defaults(func=train_command)
+
 
 # --- refine ----------------------------------------------------------------
 

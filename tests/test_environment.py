@@ -27,7 +27,7 @@ from pipeline.report import render_run
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / provenance.LOCK_FILE
 #: the extras the lock holds (the Makefile's LOCK_EXTRAS)
-LOCKED_EXTRAS = ("test", "slurm", "view")
+LOCKED_EXTRAS = ("test", "slurm", "view", "learn")
 
 
 def parse_lock(text: str) -> dict[str, list[dict]]:

@@ -60,6 +60,34 @@ def read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
 
 
+def module_available(name: str) -> bool:
+    """Whether the module ``name`` can be imported (found, not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _needs_extra(validator, needs, instance, schema):
+    """The schema keyword ``x-needs-extra``: ``{value: {extra, modules}}``; a
+    value whose modules are not installed is an error naming the optional
+    extra that brings them (``locate.method: learned`` needs ``trackflow[learn]``)."""
+    from jsonschema import ValidationError
+
+    if not isinstance(instance, str) or instance not in needs:
+        return
+    wanted = needs[instance]
+    missing = [m for m in wanted.get("modules", ()) if not module_available(m)]
+    if missing:
+        extra = wanted["extra"]
+        yield ValidationError(
+            f"{instance!r} needs the optional extra trackflow[{extra}] ({', '.join(missing)} not installed): "
+            f"pip install 'trackflow[{extra}]' (make install and make test install it)"
+        )
+
+
 def _is_integer(checker, instance) -> bool:
     # numpy scalars and integral floats (1.0) count, as in JSON; bool does not
     if isinstance(instance, (bool, np.bool_)):
@@ -125,6 +153,7 @@ def _validators(schema_dir: str, name: str):
                     instance.setdefault(key, copy.deepcopy(sub["default"]))
         yield from check_properties(validator, properties, instance, schema)
 
+    plain = validators.extend(plain, {"x-needs-extra": _needs_extra})
     filling = validators.extend(plain, {"properties": fill_defaults})
     return schema, registry, filling, plain
 

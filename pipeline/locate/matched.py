@@ -102,6 +102,7 @@ __all__ = [
     "locate_matched",
     "locate_matched_frames",
     "empty_matched",
+    "feature_table",
 ]
 
 #: The keys of ``locate.matched`` with their defaults (locate.schema.yaml).
@@ -1149,15 +1150,51 @@ def locate_matched(
         detections' first-pass maxima, residual detections after them.
     """
     frame = np.asarray(image)
-    ndim = frame.ndim
     found = detect(frame, diameter=diameter, invert=invert, **matched)
-    diam = tuple(int(d) for d in _per_axis("diameter", diameter, ndim))
+    diam = tuple(int(d) for d in _per_axis("diameter", diameter, frame.ndim))
+    template = _template(matched_options(diameter, frame.ndim, matched))
+    return feature_table(frame, found, diameter=diam, template=template, invert=invert, characterize=characterize)
+
+
+def feature_table(
+    image: np.ndarray,
+    found: pd.DataFrame,
+    *,
+    diameter: Sequence[int],
+    template: Template,
+    invert: bool = False,
+    characterize: bool = True,
+) -> pd.DataFrame:
+    """trackpy's columns from fitted detections (:func:`detect`'s table, or
+    the learned detector's), as :func:`locate_matched` writes them.
+
+    Parameters
+    ----------
+    image : ndarray
+        The frame the detections were fitted on (before inversion).
+    found : DataFrame
+        Positions, ``amplitude``, ``background``, ``sigma_<axis>``,
+        ``error_<axis>`` (:func:`detect`).
+    diameter : sequence of int
+        Per axis: the ``raw_mass`` mask and whether ``size``/``ep`` are per axis.
+    template : Template
+        The spot model fitted (its volume turns the amplitude into ``mass``).
+    invert, characterize : bool
+        As :func:`locate_matched`.
+
+    Returns
+    -------
+    DataFrame
+        ``[z,] y, x, mass, size, ecc, signal, raw_mass, ep`` (module docstring).
+    """
+    frame = np.asarray(image)
+    ndim = frame.ndim
+    diam = tuple(int(d) for d in diameter)
     columns = _feature_columns(ndim, diam, characterize)[1:]
     axes = list(_AXES[-ndim:])
     centres = found[axes].to_numpy(dtype=np.float64)
     sig = found[[f"sigma_{a}" for a in axes]].to_numpy(dtype=np.float64)
     amp = found["amplitude"].to_numpy(dtype=np.float64)
-    template = _template(matched_options(diameter, ndim, matched))
     # the fitted width factor scales every axis: the integral grows as its ndim-th power
     stretch = np.prod(sig / np.sqrt(template.moment)[None, :], axis=1) if len(found) else np.empty(0)
     out: dict[str, np.ndarray] = {axis: centres[:, i] for i, axis in enumerate(axes)}

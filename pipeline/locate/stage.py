@@ -1,7 +1,9 @@
 """The locate stage over a movie store: ``locate.method`` chooses the detector.
 
 ``trackpy`` (default): :mod:`pipeline.locate.trackpy`, row for row
-``trackpy.batch``. ``matched``: :mod:`pipeline.locate.matched`. Either way the
+``trackpy.batch``. ``matched``: :mod:`pipeline.locate.matched`. ``learned``:
+:mod:`pipeline.locate.learned`, with a detector trained beforehand
+(:mod:`pipeline.locate.train`, the workflow's train_detector rule). Either way the
 movie is cut into ranges of whole frames that Dask locates in parallel,
 dropped frames are skipped, and the table has trackpy's columns, so refine,
 link and size read it the same way.
@@ -27,7 +29,7 @@ __all__ = ["METHODS", "locate_movie", "run"]
 
 log = logging.getLogger("trackflow.locate")
 
-METHODS = ("trackpy", "matched")
+METHODS = ("trackpy", "matched", "learned")
 _DEFAULTS = section_defaults("locate")
 
 
@@ -46,6 +48,29 @@ def _matched_chunk(
     return pd.concat(parts, ignore_index=True) if parts else None
 
 
+def _learned_chunk(
+    frames: np.ndarray, first_frame: int, *, dropped: Iterable[int], options: Mapping[str, Any]
+) -> pd.DataFrame | None:
+    """One Dask task of the learned detector: the network on the range's
+    frames in batches, less the dropped ones, then the fits frame by frame."""
+    from . import learned as _learned
+
+    table = _learned.locate_learned_frames(frames, first_frame, dropped=dropped, **options)
+    return table if len(table) else None
+
+
+def _load_detector(detector: Any):
+    from . import learned as _learned
+
+    if detector is None:
+        raise ValueError(
+            "locate.method learned needs a trained detector: the workflow's train_detector rule makes "
+            "results/{run}/detector/weights.npz; by hand, `trackflow train-detector MOVIE -o DIR` and "
+            "`trackflow locate ... --detector DIR`"
+        )
+    return detector if isinstance(detector, _learned.Detector) else _learned.Detector.load(detector)
+
+
 def _ignored_trackpy_keys(options: Mapping[str, Any]) -> list[str]:
     """trackpy keys set away from their defaults, which the matched detector does not read."""
     return sorted(
@@ -59,6 +84,8 @@ def locate_movie(
     *,
     method: str = _DEFAULTS["method"],
     matched: Mapping[str, Any] | None = None,
+    learned: Mapping[str, Any] | None = None,
+    detector: Any = None,
     compute: Mapping[str, Any] | None = None,
     threads: int | None = None,
     frames_per_task: int | None = None,
@@ -70,10 +97,19 @@ def locate_movie(
     ----------
     movie : Movie or path
         An OME-Zarr movie store (``movie.ome.zarr``).
-    method : {'trackpy', 'matched'}
+    method : {'trackpy', 'matched', 'learned'}
         The detector (``locate.method``).
     matched : mapping, optional
         The ``locate.matched`` section (method ``matched`` only).
+    learned : mapping, optional
+        The ``locate.learned`` section (method ``learned`` only: its
+        detection keys; the training keys are the detector's).
+    detector : Detector or path, optional
+        The trained detector (method ``learned``): a
+        :class:`pipeline.locate.learned.Detector`, its ``weights.npz`` or
+        its directory. With Dask's ``processes`` scheduler the learned
+        detector runs on threads instead (the network is multi-threaded and
+        releases the GIL; worker processes would each compile it).
     compute : mapping, optional
         The ``compute`` config section (scheduler, address, ...); see
         :func:`pipeline.compute.dask_scheduler`.
@@ -83,8 +119,9 @@ def locate_movie(
         Frames per Dask task (default: one shard, or fewer for short movies).
     **options
         ``diameter`` (required) and the trackpy options of
-        :func:`pipeline.locate.locate_frames`; method ``matched`` reads
-        ``diameter``, ``invert`` and ``characterize`` and warns about the others.
+        :func:`pipeline.locate.locate_frames`; methods ``matched`` and
+        ``learned`` read ``diameter``, ``invert`` and ``characterize`` and
+        warn about the others.
 
     Returns
     -------
@@ -106,16 +143,37 @@ def locate_movie(
         unknown = sorted(set(options) - set(TRACKPY_OPTIONS) - {"diameter"})
         if unknown:
             raise ValueError(f"locate: unknown parameter(s) {unknown}; known: {['diameter', *TRACKPY_OPTIONS]}")
-        check_section("locate", options)
+        check_section("locate", {**options, "method": method})
         ignored = _ignored_trackpy_keys(options)
         if ignored:
-            log.warning("locate.method matched ignores the trackpy key(s) %s", ", ".join(ignored))
-        _matched.matched_options(options["diameter"], movie.ndim, matched)  # errors before any task starts
-        task = _matched_chunk
+            log.warning("locate.method %s ignores the trackpy key(s) %s", method, ", ".join(ignored))
         characterize = options.get("characterize", TRACKPY_OPTIONS["characterize"])
-        options = {"diameter": options["diameter"], "invert": options.get("invert", TRACKPY_OPTIONS["invert"]),
-                   "characterize": characterize, **dict(matched or {})}
-        empty = lambda: _matched.empty_matched(movie.ndim, diameter=options["diameter"], characterize=characterize)  # noqa: E731
+        invert = options.get("invert", TRACKPY_OPTIONS["invert"])
+        if method == "matched":
+            _matched.matched_options(options["diameter"], movie.ndim, matched)  # errors before any task starts
+            task = _matched_chunk
+            options = {"diameter": options["diameter"], "invert": invert, "characterize": characterize,
+                       **dict(matched or {})}
+            empty = lambda: _matched.empty_matched(movie.ndim, diameter=options["diameter"], characterize=characterize)  # noqa: E731
+        else:
+            from . import learned as _learned
+
+            model = _load_detector(detector)
+            if model.ndim != movie.ndim:
+                raise ValueError(f"the learned detector was trained on {model.ndim}D frames; {movie.path} has "
+                                 f"{movie.ndim}D frames (train it again for this movie)")
+            detection = {k: v for k, v in dict(learned or {}).items() if k not in _learned.TRAINING_KEYS}
+            task = _learned_chunk
+            options = {"detector": model, "diameter": options["diameter"], "invert": invert,
+                       "characterize": characterize, **detection}
+            compute = dict(compute or {})
+            if compute.get("scheduler", "processes") == "processes":
+                compute["scheduler"] = "threads"
+
+            def empty():
+                table = _matched.empty_matched(movie.ndim, diameter=options["diameter"], characterize=characterize)
+                table["score"] = pd.Series(dtype="float64")
+                return table
     if not movie.complete:
         log.warning(
             "%s is not marked complete (acquisition interrupted?); locating its %d frames",
@@ -144,7 +202,8 @@ def locate_movie(
             progress="locate",
         )
     if features is None or len(features) == 0:
-        hint = "diameter and minmass" if method == "trackpy" else "diameter and matched.false_rate"
+        hint = {"trackpy": "diameter and minmass", "matched": "diameter and matched.false_rate",
+                "learned": "the detector's training settings and learned.precision"}[method]
         log.warning("%s: no features found in %d frame(s); check %s", movie.path, len(movie), hint)
         return empty()
     return features
@@ -156,6 +215,7 @@ def run(
     params: Mapping[str, Any] | None,
     compute: Mapping[str, Any] | None = None,
     threads: int | None = None,
+    detector: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """The locate stage: ``movie.ome.zarr`` -> ``features.parquet``.
 
@@ -174,6 +234,9 @@ def run(
         The ``compute`` config section.
     threads : int, optional
         Local workers (a Snakemake rule's ``threads``).
+    detector : path, optional
+        The trained detector (``weights.npz`` or its directory; method
+        learned only: made by the train_detector stage, :mod:`pipeline.locate.train`).
 
     Returns
     -------
@@ -183,10 +246,11 @@ def run(
     resolved = check_section("locate", params)
     opened = _open(movie)
     method = resolved["method"]
-    options = {k: v for k, v in resolved.items() if k not in ("frames_per_task", "method", "matched")}
+    options = {k: v for k, v in resolved.items() if k not in ("frames_per_task", "method", "matched", "learned")}
+    model = _load_detector(detector) if method == "learned" else None
     features = locate_movie(
-        opened, method=method, matched=resolved["matched"], compute=compute, threads=threads,
-        frames_per_task=resolved["frames_per_task"], **options,
+        opened, method=method, matched=resolved["matched"], learned=resolved["learned"], detector=model,
+        compute=compute, threads=threads, frames_per_task=resolved["frames_per_task"], **options,
     )
     dropped = [int(i) for i in opened.dropped_frames]
     extra: dict[str, Any] = {
@@ -199,6 +263,15 @@ def run(
     if method == "trackpy":
         extra["engine_used"] = engine_used(options["engine"], opened.ndim)
         how = f"trackpy, {extra['engine_used']} engine"
+    elif method == "learned":
+        from . import learned as _learned
+
+        opts = _learned._resolve(model, options["diameter"], resolved["learned"])
+        extra["threshold_used"] = opts["threshold"]
+        extra["detector"] = {"path": str(detector), "settings": model.settings,
+                             "settings_sha256": model.provenance.get("settings_sha256"),
+                             "validation_at_threshold": _learned.validation_at(model, opts["threshold"])}
+        how = f"learned, threshold {opts['threshold']:.2f}"
     else:
         opts = _matched.matched_options(options["diameter"], opened.ndim, resolved["matched"])
         if opts["threshold"] is None:

@@ -17,6 +17,7 @@ from pipeline.io.config import (
     stage_params,
     validate_config,
 )
+from pipeline.locate.learned import training_settings
 
 # A wrong key or type stops the workflow here, before any job runs, with a
 # message naming the key; the schemas fill in the defaults of every key not
@@ -94,6 +95,21 @@ def acquire_params(wildcards):
     params = stage_params(config, RUNS[wildcards.run], "acquire")
     params.pop("live_locate", None)
     return params
+
+
+def locate_input(wildcards):
+    """The run's movie, and its trained detector for locate.method learned."""
+    inputs = {"movie": f"{RESULTS}/{wildcards.run}/movie.ome.zarr"}
+    if stage_params(config, RUNS[wildcards.run], "locate")["method"] == "learned":
+        inputs["detector"] = f"{RESULTS}/{wildcards.run}/detector/weights.npz"
+    return inputs
+
+
+def detector_params(wildcards):
+    """train_detector's params: the training settings of the run's locate
+    section alone (resolved), so that nothing else re-trains."""
+    locate = stage_params(config, RUNS[wildcards.run], "locate")
+    return canonical(training_settings(locate["diameter"], locate["learned"]))
 
 
 def stage_resources(section):

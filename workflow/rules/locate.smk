@@ -1,11 +1,12 @@
-# locate: movie -> results/{run}/features.parquet (trackpy, Dask over frames);
+# locate: movie -> results/{run}/features.parquet (trackpy, matched or
+# learned, Dask over frames); method learned also reads the run's detector;
 # the features located during the acquisition (acquire.live_locate) are
 # taken instead when they were made from this store with these params
 
 
 rule locate:
     input:
-        movie=run_path("movie.ome.zarr"),
+        unpack(locate_input),
     output:
         features=run_path("features.parquet"),
     log:

@@ -17,6 +17,7 @@ def main(smk) -> None:
         smk.params.stage,
         compute=smk.config["compute"],
         threads=smk.threads,
+        detector=getattr(smk.input, "detector", None),
     )
 
 
