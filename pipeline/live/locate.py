@@ -403,12 +403,15 @@ def locate_or_adopt(
     params: Mapping[str, Any] | None,
     compute: Mapping[str, Any] | None = None,
     threads: int | None = None,
+    detector: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """The locate stage (``pipeline.locate.run``), taking the features
     located during the acquisition when they are exactly what it would
     compute (:func:`adopt_live_features`); the table written says which.
 
-    Parameters and return value are those of :func:`pipeline.locate.run`.
+    Parameters and return value are those of :func:`pipeline.locate.run`
+    (``detector``: the trained detector of ``locate.method: learned``, whose
+    features are never located live).
     """
     from ..locate import run as locate_run
 
@@ -416,7 +419,7 @@ def locate_or_adopt(
     features, why = adopt_live_features(opened, params)
     if features is None:
         log.info("locate %s from the store: %s", movie, why)
-        return locate_run(movie, output, params, compute=compute, threads=threads)
+        return locate_run(movie, output, params, compute=compute, threads=threads, detector=detector)
     resolved = check_section("locate", dict(params or {}))
     side = table_metadata(why)
     write_table(
