@@ -39,7 +39,7 @@ __all__ = [
 log = logging.getLogger("trackflow.locate")
 
 #: The locate keys that are not trackpy.locate's keyword arguments.
-STAGE_KEYS = ("method", "matched", "diameter", "frames_per_task")
+STAGE_KEYS = ("method", "matched", "learned", "diameter", "frames_per_task")
 #: trackpy.locate's keyword arguments besides ``diameter``, with trackpy's own
 #: defaults (as workflow/schemas/locate.schema.yaml gives them).
 #: ``filter_before``/``filter_after`` are left out: trackpy rejects or ignores them.
