@@ -260,6 +260,26 @@ def test_train_detector_and_locate_commands(jax, spots_movie, tmp_path):
     assert len(read_table(tmp_path / "f.parquet")) > 50
 
 
+def test_volumes_of_spheres_go_through_training_validation_and_detection(jax):
+    """3D, mechanically (a few steps: the figures are the benchmark's): the
+    patches in and out of the network, the validation, trackpy's anisotropic columns."""
+    settings = L.training_settings([9, 9, 9], {"psf_sigma": [2.0, 1.2, 1.2], "radius": 3, "snr": [4, 6],
+                                               "volume_fraction": [0.2, 0.3], "steps": 4})
+    detector = L.train(settings, 3, validate_after=False)
+    detector.validation = L.validate(detector, n_images=1)
+    assert detector.validation["n_images"] == 1 and len(detector.validation["recall"]) == 98
+    from pipeline.simulate.detection import sphere_image
+
+    volume, truth, _ = sphere_image(np.random.default_rng(5), (20, 36, 44), radius=3, sigma=[2.0, 1.2, 1.2],
+                                    snr=(5, 5), volume_fraction=0.25)
+    probability = L.heatmap(detector, volume)
+    assert probability.shape == volume.shape
+    found = L.locate_learned(volume, detector, diameter=[11, 9, 9], threshold=float(probability.max()) * 0.9)
+    assert list(found.columns) == ["z", "y", "x", "mass", "size_z", "size_y", "size_x", "ecc", "signal",
+                                   "raw_mass", "ep_z", "ep_y", "ep_x", "score"]
+    assert len(found) >= 1
+
+
 # --- simulator ----------------------------------------------------------------
 def test_simulated_spheres_do_not_overlap_and_fill_the_volume():
     from pipeline.simulate.detection import hard_sphere_centres, sphere_image

@@ -15,7 +15,12 @@ levels, 2D or 3D: two 3 × 3 (× 3) convolutions with ReLU per level, ``width``
 channels at full resolution, twice and four times that at half and a quarter
 (average pooling down, nearest-neighbour up, skip connections), a 1 × 1
 convolution to one logit per pixel. Its receptive field (± ~20 pixels) takes
-in a sphere and its neighbours. ``width`` 8 has ~26,000 weights in 2D.
+in a sphere and its neighbours. ``width`` 8 has ~27,000 weights in 2D. Volumes
+enter it in patches of 2 × 2 × 2 voxels, as 8 channels (space-to-depth, as
+in Shi et al. 2016's sub-pixel convolution, run backwards), and its last
+layer gives the 8 voxels' logits: the full-resolution level then costs 8
+times less, which is what makes 3D training possible on a CPU (81,000
+weights).
 
 **Input.** Each frame less its local background (the mean over ± 5 PSF
 s.d.s, as the matched filter's) divided by its noise s.d. (the robust
@@ -25,15 +30,19 @@ z-scores, whatever the camera's gain or offset.
 **Target and loss.** A map of Gaussian bumps of s.d. 1 pixel (the maximum over
 particles) at the true centres; per-pixel binary cross-entropy against it
 (soft labels), the bumps' pixels weighted up so that the rare positives count
-as much as the background (CenterNet's heatmap, Zhou, Wang & Krähenbühl 2019,
-with a plain cross-entropy). The sigmoid of the logit then estimates how
-likely a particle centre lies at that pixel.
+as much as the background. The sigmoid of the logit then estimates how
+likely a particle centre lies at that pixel. For spheres a second head gives,
+at every pixel, the offset to the nearest centre (an L1 loss on the bumps'
+pixels, weighted 0.05: more takes capacity from the map). Both are
+CenterNet's (Zhou, Wang & Krähenbühl 2019), with a plain cross-entropy.
 
 **Training.** Adam (Kingma & Ba 2015; learning rate 3e-3 with a cosine decay
 to 1/20), on batches simulated afresh at every step (so it cannot overfit a
-training set): 16 crops of 64² pixels in 2D, 4 of 40³ in 3D. ``steps``
-(default 1500 in 2D, 600 in 3D) takes a few minutes on two CPU cores in 2D;
-JAX runs it on a GPU when it has one.
+training set): 16 crops of 64² pixels in 2D, 4 of 32³ in 3D (each packing
+of spheres serves four samples, flipped, with fresh noise: packing is the
+slow part). ``steps`` (default 1500 in 2D, 1200 in 3D) takes about two
+minutes on two CPU cores in 2D and four per detector in 3D; JAX runs it on a
+GPU when it has one (``pip install "jax[cuda12]"``).
 
 **Validation and threshold.** After training, simulated validation images
 (a different seed) are detected at a low threshold and matched to their
@@ -43,12 +52,15 @@ weights, with recall per SNR. ``precision`` picks the threshold from it (the
 lowest whose detections are that precise), so it changes without retraining.
 
 **Detection.** Local maxima of the map above the threshold, no two closer
-than ``separation``; the maps' maxima start least-squares fits of the spot
-model (:func:`pipeline.locate.matched.fit_spots`: a Gaussian of the PSF
-whose width is fitted, or a ball blurred by it, jointly for neighbours): the
-positions reach the Cramér–Rao bound as the matched detector's. A fit that
-fails keeps the map's maximum. The table has trackpy's columns, as the
-matched detector writes them.
+than ``separation``. For spots, least-squares fits of the spot model start
+there (:func:`pipeline.locate.matched.fit_spots`: a Gaussian of the PSF whose
+width is fitted, jointly for neighbours), so the positions reach the
+Cramér–Rao bound as the matched detector's; a fit that fails, or moves
+farther than ``separation``, keeps the network's position. For spheres the
+positions are the network's (the pixels around the maximum vote with their
+offsets, :func:`network_positions`): fits of touching spheres pull on each
+other; their fits give the photometry. The table has trackpy's columns, as
+the matched detector writes them, plus ``score`` (the map's maximum).
 
 This module is pure (arrays in, DataFrames out) and imports JAX only when it
 trains or detects: without the extra ``trackflow[learn]``, importing it (and
@@ -101,8 +113,8 @@ LEARNED_OPTIONS: dict[str, Any] = section_defaults("locate")["learned"]
 TRAINING_KEYS = ("psf_sigma", "radius", "snr", "density", "volume_fraction", "noise", "background", "steps",
                  "width", "seed")
 #: Training recipe; a change of what the code below does with the same settings bumps it.
-RECIPE = 2
-CROP = {2: 64, 3: 40}
+RECIPE = 3
+CROP = {2: 64, 3: 32}
 #: Volumes enter the network in patches of 2 x 2 x 2 voxels (as 8 channels; the
 #: last layer gives 8 logits per patch, put back in place): the full-resolution
 #: level costs 8 times less, which makes 3D training possible on a CPU. Spots
@@ -111,11 +123,14 @@ PATCH = {2: 1, 3: 2}
 #: Training samples drawn from one simulated volume (flipped, fresh noise).
 REUSE = 4
 BATCH = {2: 16, 3: 4}
-DEFAULT_STEPS = {2: 1500, 3: 600}
+DEFAULT_STEPS = {2: 1500, 3: 1200}
 LEARNING_RATE = 3e-3
 #: s.d. of the target's bumps, pixels, and the weight of the bumps' pixels in the loss.
 TARGET_SIGMA = 1.0
 POSITIVE_WEIGHT = 20.0
+#: The offsets' L1 loss (spheres only): its weight, and the bump value below which a pixel has no offset to learn.
+OFFSET_WEIGHT = 0.05
+OFFSET_FLOOR = 0.1
 #: Background box half-width of the input, in PSF s.d.s (as the matched filter's).
 BACKGROUND_SCALE = 5.0
 #: Validation: images and their shape (pixels per axis), and the lowest threshold scored.
@@ -201,7 +216,7 @@ def _layer_shapes(ndim: int, width: int) -> list[tuple[int, ...]]:
         (*k, c2, c3), (*k, c3, c3),
         (*k, c3 + c2, c2),
         (*k, c2 + c1, c1),
-        ((1,) * ndim + (c1, cells)),
+        ((1,) * ndim + (c1, cells * (1 + ndim))),
     ]
 
 
@@ -214,8 +229,11 @@ def init_params(ndim: int, width: int, seed: int) -> list[np.ndarray]:
         fan_in = int(np.prod(shape[:-1]))
         params.append((rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(np.float32))
         params.append(np.zeros(shape[-1], np.float32))
-    # the head starts at the prior of a rare positive (focal-loss practice, Lin et al. 2017)
-    params[-1][:] = -4.0
+    # the head starts at the prior of a rare positive (focal-loss practice, Lin et al. 2017),
+    # and its offsets near zero
+    cells = PATCH[ndim] ** ndim
+    params[-1][:cells] = -4.0
+    params[-2][..., cells:] *= 0.1
     return params
 
 
@@ -245,8 +263,8 @@ def _depth_to_space(y, patch: int, ndim: int):
 
 
 def _forward(params, x, ndim: int):
-    """Logits (N, *spatial) of the U-Net for input (N, *spatial), spatial
-    sizes divisible by 4 × :data:`PATCH`."""
+    """Logits (N, *spatial) and sub-pixel offsets (N, *spatial, ndim) of the
+    U-Net for input (N, *spatial), spatial sizes divisible by 4 × :data:`PATCH`."""
     jax, jnp = _jax()
     from jax import lax
 
@@ -277,13 +295,21 @@ def _forward(params, x, ndim: int):
     e2 = relu(conv(relu(conv(pool(e1), 4)), 5))
     d1 = relu(conv(jnp.concatenate([up(e2), e1], axis=-1), 6))
     d0 = relu(conv(jnp.concatenate([up(d1), e0], axis=-1), 7))
-    return _depth_to_space(conv(d0, 8), patch, ndim)
+    head = conv(d0, 8)
+    head = head.reshape(*head.shape[:-1], 1 + ndim, patch**ndim)
+    maps = [_depth_to_space(head[..., k, :], patch, ndim) for k in range(1 + ndim)]
+    return maps[0], jnp.stack(maps[1:], axis=-1)
 
 
 @lru_cache(maxsize=4)
 def _compiled_forward(ndim: int):
     jax, _ = _jax()
-    return jax.jit(lambda params, x: jax.nn.sigmoid(_forward(params, x, ndim)))
+
+    def forward(params, x):
+        logits, offsets = _forward(params, x, ndim)
+        return jax.nn.sigmoid(logits), offsets
+
+    return jax.jit(forward)
 
 
 def normalize(image: np.ndarray, psf_sigma: Sequence[float]) -> np.ndarray:
@@ -387,6 +413,10 @@ class Detector:
         with np.load(weights, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             params = [data[k] for k in sorted(k for k in data.files if k.startswith("p"))]
+        recipe = meta.get("settings", {}).get("recipe")
+        if recipe != RECIPE:
+            raise ValueError(f"{weights}: a detector of training recipe {recipe}; this trackflow's is {RECIPE} "
+                             "(train it again: the workflow does so by itself, as the recipe is a training setting)")
         return cls(params, int(meta["ndim"]), meta["settings"], meta.get("validation", {}), meta.get("provenance", {}))
 
 
@@ -398,7 +428,7 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def heatmap(detector: Detector, images: np.ndarray, *, batch: int | None = None) -> np.ndarray:
+def heatmap(detector: Detector, images: np.ndarray, *, batch: int | None = None, offsets: bool = False):
     """The network's map (0-1) for one frame or a stack of frames.
 
     Parameters
@@ -408,10 +438,13 @@ def heatmap(detector: Detector, images: np.ndarray, *, batch: int | None = None)
         Raw frames (any real dtype); normalised here (:func:`normalize`).
     batch : int, optional
         Frames per call of the network (default: 8 in 2D, 1 in 3D).
+    offsets : bool
+        Also return the predicted offsets from each pixel to the nearest
+        particle centre, pixels (shape of ``images`` + (ndim,)).
 
     Returns
     -------
-    ndarray (float32), the shape of ``images``
+    ndarray (float32), the shape of ``images`` (and the offsets)
     """
     _, jnp = _jax()
     ndim = detector.ndim
@@ -425,9 +458,16 @@ def heatmap(detector: Detector, images: np.ndarray, *, batch: int | None = None)
     forward = _compiled_forward(ndim)
     params = [jnp.asarray(p) for p in detector.params]
     step = batch or (8 if ndim == 2 else 1)
-    out = np.concatenate([np.asarray(forward(params, jnp.asarray(x[i : i + step]))) for i in range(0, len(x), step)])
-    out = out[crop]
-    return out[0] if single else out
+    maps, shifts = [], []
+    for i in range(0, len(x), step):
+        prob, off = forward(params, jnp.asarray(x[i : i + step]))
+        maps.append(np.asarray(prob))
+        shifts.append(np.asarray(off))
+    prob = np.concatenate(maps)[crop]
+    off = np.concatenate(shifts)[crop]
+    if single:
+        prob, off = prob[0], off[0]
+    return (prob, off) if offsets else prob
 
 
 # ---------------------------------------------------------------------------
@@ -435,20 +475,27 @@ def heatmap(detector: Detector, images: np.ndarray, *, batch: int | None = None)
 # ---------------------------------------------------------------------------
 def _target(shape: Sequence[int], positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian bumps (s.d. :data:`TARGET_SIGMA`, peak 1 at the true centre,
-    the maximum over particles) on the pixel grid."""
+    the maximum over particles) on the pixel grid, and at each pixel of a
+    bump the offset to that particle's centre (pixels, (*shape, ndim))."""
+    ndim = len(shape)
     target = np.zeros(tuple(shape), np.float32)
+    offsets = np.zeros(tuple(shape) + (ndim,), np.float32)
     if len(positions) == 0:
-        return target
+        return target, offsets
     half = int(math.ceil(3 * TARGET_SIGMA))
-    offsets = np.stack(np.meshgrid(*[np.arange(-half, half + 1)] * len(shape), indexing="ij"), axis=-1).reshape(-1, len(shape))
-    centre = np.rint(positions).astype(np.int64)
-    pix = centre[:, None, :] + offsets[None]
-    d2 = ((pix - positions[:, None, :]) ** 2).sum(axis=2)
-    value = np.exp(-0.5 * d2 / TARGET_SIGMA**2).astype(np.float32)
+    grid = np.stack(np.meshgrid(*[np.arange(-half, half + 1)] * ndim, indexing="ij"), axis=-1).reshape(-1, ndim)
+    pix = np.rint(positions).astype(np.int64)[:, None, :] + grid[None]
+    delta = positions[:, None, :] - pix
+    value = np.exp(-0.5 * (delta**2).sum(axis=2) / TARGET_SIGMA**2)
     inside = np.all((pix >= 0) & (pix < np.asarray(shape)), axis=2)
     flat = np.ravel_multi_index(tuple(pix[inside].T), tuple(shape))
-    np.maximum.at(target.reshape(-1), flat, value[inside])
-    return target
+    value, delta = value[inside], delta[inside]
+    # where bumps overlap, the nearest particle's (the largest value) wins
+    order = np.lexsort((-value, flat))
+    first = order[np.unique(flat[order], return_index=True)[1]]
+    target.reshape(-1)[flat[first]] = value[first]
+    offsets.reshape(-1, ndim)[flat[first]] = delta[first]
+    return target, offsets
 
 
 def _simulate(rng: np.random.Generator, settings: Mapping[str, Any], ndim: int, shape: Sequence[int],
@@ -490,7 +537,7 @@ def _batch(rng, settings, ndim, scenes: list | None = None):
             image, pos, _ = _simulate(rng, settings, ndim, (size,) * ndim)
         images.append(normalize(image, _per_axis(settings["psf_sigma"], ndim)))
         targets.append(_target(image.shape, pos))
-    return np.stack(images), np.stack(targets)
+    return np.stack(images), np.stack([t for t, _ in targets]), np.stack([o for _, o in targets])
 
 
 def train(
@@ -529,17 +576,22 @@ def train(
     rng = np.random.default_rng([seed, 1])
     params = [jnp.asarray(p) for p in init_params(ndim, int(settings["width"]), seed)]
 
-    def loss_fn(p, x, y):
-        logits = _forward(p, x, ndim)
+    spheres = bool(np.any(np.asarray(settings["radius"], dtype=float) > 0))
+    offset_weight = OFFSET_WEIGHT if spheres else 0.0
+
+    def loss_fn(p, x, y, o):
+        logits, offsets = _forward(p, x, ndim)
         weight = 1.0 + POSITIVE_WEIGHT * y
         bce = jnp.maximum(logits, 0) - logits * y + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-        return jnp.sum(weight * bce) / jnp.sum(weight)
+        near = jnp.where(y > OFFSET_FLOOR, y, 0.0)
+        l1 = jnp.sum(near * jnp.abs(offsets - o).sum(axis=-1)) / jnp.maximum(jnp.sum(near), 1.0)
+        return jnp.sum(weight * bce) / jnp.sum(weight) + offset_weight * l1
 
     beta1, beta2, eps = 0.9, 0.999, 1e-8
 
     @jax.jit
-    def update(p, m, v, t, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+    def update(p, m, v, t, x, y, o):
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, y, o)
         lr = LEARNING_RATE * (0.05 + 0.95 * 0.5 * (1 + jnp.cos(jnp.pi * t / n_steps)))
         m = [beta1 * a + (1 - beta1) * g for a, g in zip(m, grads)]
         v = [beta2 * a + (1 - beta2) * g * g for a, g in zip(v, grads)]
@@ -552,11 +604,12 @@ def train(
     started = time.perf_counter()
     losses = []
     scenes: list = []
-    x, y = _batch(rng, settings, ndim, scenes)
+    x, y, o = _batch(rng, settings, ndim, scenes)
     with progress(label, total=n_steps, unit="steps") as advance:
         for t in range(n_steps):
-            params, m, v, loss = update(params, m, v, jnp.float32(t), jnp.asarray(x), jnp.asarray(y))
-            x, y = _batch(rng, settings, ndim, scenes)  # simulated while the step runs (JAX dispatches asynchronously)
+            params, m, v, loss = update(params, m, v, jnp.float32(t), jnp.asarray(x), jnp.asarray(y), jnp.asarray(o))
+            # the next batch is simulated while the step runs (JAX dispatches asynchronously)
+            x, y, o = _batch(rng, settings, ndim, scenes)
             losses.append(loss)
             advance(1)
     losses = [float(value) for value in losses]
@@ -607,6 +660,7 @@ def detect_learned(
     separation: Sequence[float],
     invert: bool = False,
     probability: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Detect and fit particles in one frame; the fitted parameters and scores.
 
@@ -620,13 +674,16 @@ def detect_learned(
         Smallest distance between detections per axis, pixels.
     invert : bool
         Dark particles on a bright background.
-    probability : ndarray, optional
-        The map, if already computed (:func:`heatmap`, on the inverted frame).
+    probability, offsets : ndarray, optional
+        The map and the offsets, if already computed (:func:`heatmap`, on
+        the inverted frame).
 
     Returns
     -------
     DataFrame
-        As :func:`pipeline.locate.matched.detect`: positions, ``amplitude``,
+        As :func:`pipeline.locate.matched.detect`: positions (spots: the
+        least-squares fits; spheres: the network's, :func:`network_positions`,
+        as fits of touching spheres pull each other), ``amplitude``,
         ``background``, ``sigma_<axis>``, ``error_<axis>``,
         ``amplitude_error``, ``fit_ok``, ``score`` (the map's maximum) and
         ``round`` (0); the noise estimate in ``attrs``.
@@ -639,17 +696,20 @@ def detect_learned(
     if ndim != detector.ndim:
         raise ValueError(f"the learned detector was trained on {detector.ndim}D frames; this frame is {ndim}D "
                          "(train it again for these frames)")
-    if probability is None:
-        probability = heatmap(detector, work)
+    if probability is None or offsets is None:
+        probability, offsets = heatmap(detector, work, offsets=True)
     noise = _matched.noise_sd(work)
     peaks = _matched._local_maxima(probability, separation, threshold)
     scores = probability[tuple(peaks.T)].astype(np.float64)
+    spheres = max(detector.radius) > 0
+    # spots: the offsets are not trained (the fits do better), so a failed fit keeps the map's centroid
+    voted = network_positions(probability, offsets if spheres else np.zeros_like(offsets), peaks)
     fit = _matched.fit_spots(work, peaks, detector.psf_sigma, radius=detector.radius)
     ok = fit["ok"] & (fit["amplitude"] > 0) & np.isfinite(fit["amplitude"])
-    # a fit that wandered off its maximum (onto a neighbour) keeps the map's centroid there
+    # a fit that wandered off its maximum (onto a neighbour) keeps the network's position
     moved = np.any(np.abs(fit["centre"] - peaks) > np.asarray(separation), axis=1)
     ok &= ~moved
-    centre = np.where(ok[:, None], fit["centre"], _centroids(probability, peaks))
+    centre = voted if spheres else np.where(ok[:, None], fit["centre"], voted)
     axes = list(_AXES[-ndim:])
     out: dict[str, Any] = {axis: centre[:, i] for i, axis in enumerate(axes)}
     out["amplitude"] = np.where(ok, fit["amplitude"], np.nan)
@@ -667,18 +727,20 @@ def detect_learned(
     return table
 
 
-def _centroids(probability: np.ndarray, peaks: np.ndarray) -> np.ndarray:
-    """Sub-pixel positions of the map's maxima: the centroid of the map over
-    ± 1 pixel per axis (the frame's edge clips it)."""
+def network_positions(probability: np.ndarray, offsets: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+    """Sub-pixel positions from the network: each pixel within ± 1 of a
+    maximum votes for its own position plus its predicted offset, weighted
+    by its map value (the frame's edge clips the neighbourhood)."""
     if len(peaks) == 0:
         return np.empty((0, probability.ndim))
     ndim = probability.ndim
-    offsets = np.stack(np.meshgrid(*[np.arange(-1, 2)] * ndim, indexing="ij"), axis=-1).reshape(-1, ndim)
-    pix = peaks[:, None, :] + offsets[None]
+    grid = np.stack(np.meshgrid(*[np.arange(-1, 2)] * ndim, indexing="ij"), axis=-1).reshape(-1, ndim)
+    pix = peaks[:, None, :] + grid[None]
     inside = np.all((pix >= 0) & (pix < np.asarray(probability.shape)), axis=2)
-    clipped = np.clip(pix, 0, np.asarray(probability.shape) - 1)
-    weight = np.where(inside, probability[tuple(clipped[..., i] for i in range(ndim))], 0.0).astype(np.float64)
-    return (weight[..., None] * pix).sum(axis=1) / np.maximum(weight.sum(axis=1), 1e-12)[:, None]
+    index = tuple(np.clip(pix, 0, np.asarray(probability.shape) - 1)[..., i] for i in range(ndim))
+    weight = np.where(inside, probability[index], 0.0).astype(np.float64)
+    votes = pix + offsets[index].astype(np.float64)
+    return (weight[..., None] * votes).sum(axis=1) / np.maximum(weight.sum(axis=1), 1e-12)[:, None]
 
 
 def _resolve(detector: Detector, diameter: Any, learned: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -697,6 +759,7 @@ def locate_learned(
     invert: bool = False,
     characterize: bool = True,
     probability: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
     **learned: Any,
 ) -> pd.DataFrame:
     """Locate particles in one frame with a trained detector; trackpy's columns.
@@ -710,8 +773,8 @@ def locate_learned(
         mask (default: from the detector's spot model).
     invert, characterize : bool
         As :func:`pipeline.locate.matched.locate_matched`.
-    probability : ndarray, optional
-        The network's map of this frame, if computed already.
+    probability, offsets : ndarray, optional
+        The network's map and offsets of this frame, if computed already.
     **learned
         The detection keys of ``locate.learned``: ``precision``,
         ``threshold``, ``separation`` (the training keys are the detector's).
@@ -724,7 +787,7 @@ def locate_learned(
     """
     opts = _resolve(detector, diameter, learned)
     found = detect_learned(image, detector, threshold=opts["threshold"], separation=opts["separation"],
-                           invert=invert, probability=probability)
+                           invert=invert, probability=probability, offsets=offsets)
     template = _matched._cached_template(detector.psf_sigma, detector.radius)
     table = _matched.feature_table(image, found, diameter=opts["diameter"], template=template, invert=invert,
                                    characterize=characterize)
@@ -757,11 +820,11 @@ def locate_learned_frames(
     work = frames.astype(np.float32)
     if invert:
         work = work.max(axis=tuple(range(1, work.ndim)), keepdims=True) - work
-    maps = heatmap(detector, work) if len(work) else work
+    maps, shifts = heatmap(detector, work, offsets=True) if len(work) else (work, work)
     parts = []
-    for number, image, probability in zip(numbers, frames, maps):
+    for number, image, probability, offsets in zip(numbers, frames, maps, shifts):
         table = locate_learned(image, detector, diameter=diameter, invert=invert, characterize=characterize,
-                               probability=probability, **learned)
+                               probability=probability, offsets=offsets, **learned)
         if len(table):
             table.insert(0, "frame", np.int64(number))
             parts.append(table)
