@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # CI clones the repository with shared/ beside it
@@ -81,3 +82,21 @@ def slurm_cluster() -> dict:
         skip_or_fail(f"this SLURM keeps no job completion log (JobCompType={settings.get('JobCompType')})")
     jobcomp_log = Path(settings.get("JobCompLoc", jobcomp_log))
     return {"partition": partition, "jobcomp_log": jobcomp_log}
+
+
+def spots_frame(rng, n=60, shape=(256, 256), snr=5.0, sigma=1.5, noise=10.0, background=100.0, min_distance=10.0,
+                margin=6.0):
+    """Gaussian spots (peak snr * noise) sampled at the pixel centres, at
+    random positions at least ``min_distance`` apart and ``margin`` from the
+    edges, on a flat background with white noise; and the positions."""
+    positions = []
+    while len(positions) < n:
+        p = rng.uniform(margin, np.asarray(shape) - margin)
+        if all(np.hypot(*(p - q)) >= min_distance for q in positions):
+            positions.append(p)
+    positions = np.array(positions)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.full(shape, background)
+    for y, x in positions:
+        image += snr * noise * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
+    return (image + rng.normal(0, noise, shape)).astype(np.float32), positions

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import skip_or_fail
+from conftest import skip_or_fail, spots_frame as _spots_frame
 from pipeline.io import read_table, table_metadata, write_movie
 from pipeline.io.config import validate_config
 from pipeline.io.schema import ConfigError, check_section
@@ -51,20 +51,9 @@ def detector(jax, tmp_path_factory):
     return L.Detector.load(path)
 
 
-def spots_frame(rng, n=50, shape=(160, 160), snr=4.0, sigma=1.5, noise=10.0, background=100.0, min_distance=8.0):
-    """Gaussian spots sampled at the pixel centres (not the simulator's
-    pixel-integrated ones) at random positions at least min_distance apart."""
-    positions = []
-    while len(positions) < n:
-        p = rng.uniform(4, np.asarray(shape) - 4)
-        if all(np.hypot(*(p - q)) >= min_distance for q in positions):
-            positions.append(p)
-    positions = np.array(positions)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    image = np.full(shape, background)
-    for y, x in positions:
-        image += snr * noise * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
-    return (image + rng.normal(0, noise, shape)).astype(np.float32), positions
+def spots_frame(rng, n=50, shape=(160, 160), snr=4.0, **kw):
+    """Spots sampled at the pixel centres (not the simulator's pixel-integrated ones)."""
+    return _spots_frame(rng, n=n, shape=shape, snr=snr, min_distance=8.0, margin=4.0, **kw)
 
 
 def score(found, truth, gate=3.0):

@@ -15,6 +15,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from conftest import spots_frame
 from pipeline.io import read_table, table_metadata, write_movie
 from pipeline.io.schema import ConfigError
 from pipeline.locate import (
@@ -30,22 +31,6 @@ from pipeline.locate import (
 from pipeline.locate.matched import fit_spots
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def spots_frame(rng, n=60, shape=(256, 256), snr=5.0, sigma=1.5, noise=10.0, background=100.0, min_distance=10.0):
-    """Gaussian spots (peak snr * noise) at random positions at least min_distance apart."""
-    positions = []
-    while len(positions) < n:
-        p = rng.uniform(6, np.asarray(shape) - 6)
-        if all(np.hypot(*(p - q)) >= min_distance for q in positions):
-            positions.append(p)
-    positions = np.array(positions)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    image = np.full(shape, background)
-    for y, x in positions:
-        image += snr * noise * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
-    return (image + rng.normal(0, noise, shape)).astype(np.float32), positions
-
 
 def blurred_spheres(centres, radius, shape, psf, contrast=60.0, background=40.0, noise=0.0, rng=None):
     grid = np.indices(shape).astype(float)
