@@ -895,7 +895,9 @@ def validate(detector: Detector, *, n_images: int | None = None, seed: int | Non
     :data:`VALIDATION_FLOOR` and matched to their truth within
     :func:`_gate`; then, for every cut of the score, precision and recall.
     Truths and detections closer to a face than a sphere's radius (2 PSF
-    s.d.s for spots) are left out, as the ENS challenge's metric does.
+    s.d.s for spots) are left out, as the ENS challenge's metric does. The
+    maxima are separated as locate does by default for a ``diameter`` of
+    the spot model (4 PSF s.d.s + 1, or the sphere's 2 r + 1).
 
     Returns
     -------
@@ -914,8 +916,8 @@ def validate(detector: Detector, *, n_images: int | None = None, seed: int | Non
     shape = (VALIDATION_SHAPE[ndim],) * ndim
     gate = _gate(detector)
     margin = np.asarray([r if r > 0 else 2 * s for r, s in zip(detector.radius, detector.psf_sigma)])
-    sep = tuple(max(min(gate, 2 * s), 1.0) for s in detector.psf_sigma) if max(detector.radius) == 0 else \
-        tuple(max(r * 0.75, 1.0) for r in detector.radius)
+    # the separation locate uses by default for a diameter that fits the spot model
+    sep = _separation(detector, _default_diameter(detector), None)
     scores, hits, errors, truth_snr, truth_found_at = [], [], [], [], []
     for _ in range(n_images):
         image, pos, snrs = _simulate(rng, settings, ndim, shape)
