@@ -608,9 +608,12 @@ def train(
     with progress(label, total=n_steps, unit="steps") as advance:
         for t in range(n_steps):
             params, m, v, loss = update(params, m, v, jnp.float32(t), jnp.asarray(x), jnp.asarray(y), jnp.asarray(o))
-            # the next batch is simulated while the step runs (JAX dispatches asynchronously)
+            # the next batch is simulated while the step runs (JAX dispatches asynchronously);
+            # waiting for the step before keeps at most two in flight (and their batches in memory)
             x, y, o = _batch(rng, settings, ndim, scenes)
             losses.append(loss)
+            if t >= 1:
+                losses[t - 1].block_until_ready()
             advance(1)
     losses = [float(value) for value in losses]
     seconds = time.perf_counter() - started
@@ -902,8 +905,8 @@ def validate(detector: Detector, *, n_images: int | None = None, seed: int | Non
     Returns
     -------
     dict
-        ``threshold``, ``precision``, ``recall`` (the curve: 101 thresholds
-        from the floor to 1, detections scoring at least each), ``n_truth``,
+        ``threshold``, ``precision``, ``recall`` (the curve: 98 thresholds
+        from the floor, 0.02, to 0.99; detections scoring at least each), ``n_truth``,
         ``n_images``, ``shape``, ``gate``; ``threshold_0_95``, ``precision_0_95``
         and ``recall_0_95`` (at the default precision, 0.95);
         ``recall_by_snr`` (SNR bin edges and recall at that threshold);
