@@ -85,7 +85,7 @@ precision 0.95 on its own simulated validation images (as the stage runs
 it); ``recall_best_snr<k>_learned``: the best recall at precision ≥ 0.95
 over the threshold; ``rmse_over_crlb_snr<k>_learned``, ``fps_learned``,
 ``ap3d_min_learned``, ``precision3d_min_learned`` as for matched.
-``--quick`` trains briefly (600 steps in 2D, 200 in 3D, the radius-4 volumes
+``--quick`` trains briefly (600 steps in 2D, 150 in 3D, the radius-4 volumes
 only: ``learned_3d_radii``); the full run uses the schema's defaults.
 
 Usage: ``python benchmarks/detection.py [--quick]``; the last line printed is
@@ -618,7 +618,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--learned-steps-2d", type=int, help="training steps of the learned 2D detector "
                         "(default 600 quick, the schema's default otherwise)")
     parser.add_argument("--learned-steps-3d", type=int, help="training steps of each learned 3D detector "
-                        "(default 200 quick, the schema's default otherwise)")
+                        "(default 150 quick, the schema's default otherwise)")
     args = parser.parse_args(argv)
     frames = args.frames or (6 if args.quick else 20)
     size = args.size or (64 if args.quick else 96)
@@ -632,7 +632,7 @@ def main(argv=None) -> dict:
         "load_average_at_start": list(os.getloadavg()),
     }
     steps_2d = args.learned_steps_2d or (600 if args.quick else None)
-    steps_3d = args.learned_steps_3d or (200 if args.quick else None)
+    steps_3d = args.learned_steps_3d or (150 if args.quick else None)
     out["learned"] = learned_available()
     out.update(run_2d(frames, args.spots, (512, 512), args.seed, steps_2d))
     out.update(run_3d(size, args.seed, args.quick, steps_3d, (4,) if args.quick else (4, 5, 7)))

@@ -608,9 +608,12 @@ def train(
     with progress(label, total=n_steps, unit="steps") as advance:
         for t in range(n_steps):
             params, m, v, loss = update(params, m, v, jnp.float32(t), jnp.asarray(x), jnp.asarray(y), jnp.asarray(o))
-            # the next batch is simulated while the step runs (JAX dispatches asynchronously)
+            # the next batch is simulated while the step runs (JAX dispatches asynchronously);
+            # waiting for the step before keeps at most two in flight (and their batches in memory)
             x, y, o = _batch(rng, settings, ndim, scenes)
             losses.append(loss)
+            if t >= 1:
+                losses[t - 1].block_until_ready()
             advance(1)
     losses = [float(value) for value in losses]
     seconds = time.perf_counter() - started
@@ -895,13 +898,15 @@ def validate(detector: Detector, *, n_images: int | None = None, seed: int | Non
     :data:`VALIDATION_FLOOR` and matched to their truth within
     :func:`_gate`; then, for every cut of the score, precision and recall.
     Truths and detections closer to a face than a sphere's radius (2 PSF
-    s.d.s for spots) are left out, as the ENS challenge's metric does.
+    s.d.s for spots) are left out, as the ENS challenge's metric does. The
+    maxima are separated as locate does by default for a ``diameter`` of
+    the spot model (4 PSF s.d.s + 1, or the sphere's 2 r + 1).
 
     Returns
     -------
     dict
-        ``threshold``, ``precision``, ``recall`` (the curve: 101 thresholds
-        from the floor to 1, detections scoring at least each), ``n_truth``,
+        ``threshold``, ``precision``, ``recall`` (the curve: 98 thresholds
+        from the floor, 0.02, to 0.99; detections scoring at least each), ``n_truth``,
         ``n_images``, ``shape``, ``gate``; ``threshold_0_95``, ``precision_0_95``
         and ``recall_0_95`` (at the default precision, 0.95);
         ``recall_by_snr`` (SNR bin edges and recall at that threshold);
@@ -914,8 +919,8 @@ def validate(detector: Detector, *, n_images: int | None = None, seed: int | Non
     shape = (VALIDATION_SHAPE[ndim],) * ndim
     gate = _gate(detector)
     margin = np.asarray([r if r > 0 else 2 * s for r, s in zip(detector.radius, detector.psf_sigma)])
-    sep = tuple(max(min(gate, 2 * s), 1.0) for s in detector.psf_sigma) if max(detector.radius) == 0 else \
-        tuple(max(r * 0.75, 1.0) for r in detector.radius)
+    # the separation locate uses by default for a diameter that fits the spot model
+    sep = _separation(detector, _default_diameter(detector), None)
     scores, hits, errors, truth_snr, truth_found_at = [], [], [], [], []
     for _ in range(n_images):
         image, pos, snrs = _simulate(rng, settings, ndim, shape)
