@@ -32,7 +32,6 @@ import hashlib
 import logging
 import os
 import re
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,21 +41,21 @@ import pandas as pd
 
 from .. import __version__
 from ..io.files import atomic_write
-from ..io.layout import RUN_FILES, group_files, run_files
-from ..io.movie import Movie, open_movie
+from ..io.layout import group_files
 from ..io.nta import experiment_summary_csv, figure_value
 from ..io.provenance import environment_lock_sha256
 from ..io.schema import check_section
-from ..io.tables import (
-    OBJECT_COLUMNS,
-    library_versions,
-    position_columns,
-    read_distribution,
-    read_summary,
-    read_table,
-    table_metadata,
-)
+from ..io.tables import library_versions, position_columns
 from . import figures, objects
+from .data import (
+    GEFF_IMPORT,
+    RunData,
+    finite_number,
+    load_run,
+    per_particle_diameters,
+    read_optional_distribution,
+    read_optional_summary,
+)
 from .html import NA, data_uri, fmt, render
 
 __all__ = ["run", "render_run", "render_index", "load_run", "RunData"]
@@ -99,129 +98,16 @@ _QC_KEYS = {
     "sigma_heterogeneity", "step_dispersion_estimate", "step_dispersion", "jump_rule", "n_jump_steps",
     "jump_fraction",
 }
-_TABLES = ("features", "refined", "tracks", "flow", "sizes", "truth")
-_OPTIONAL = ("flow", "truth", "refined")  # absent by design for some runs
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# the stage of a tracks table imported from another tracker's geff store (pipeline.io.geff)
-_GEFF_IMPORT = "import_geff"
 # the refine stage's fit_status values
 _FITTED, _FAILED = "fitted", "failed"
 # tracks drawn over the movie frame: the longest ones, enough to see the motion
 _MAX_TRACKS_DRAWN = 400
 
 
-@dataclass
-class RunData:
-    """What one run's files hold (absent inputs are None, and listed in
-    ``missing``); a table's provenance is in ``provenance`` by file name and
-    in ``meta`` by what it holds (``"refined"``, ``"tracks"``, ...)."""
-
-    dir: Path | None
-    name: str
-    group: str | None = None
-    summary: dict = field(default_factory=dict)
-    distribution: pd.DataFrame | None = None
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    provenance: dict[str, dict] = field(default_factory=dict)
-    meta: dict[str, dict] = field(default_factory=dict)
-    movie: Movie | None = None
-    reassigned: Movie | None = None
-    missing: list[str] = field(default_factory=list)
-
-
-def load_run(
-    files: Mapping[str, str | os.PathLike] | str | os.PathLike,
-    *,
-    name: str | None = None,
-    group: str | None = None,
-) -> RunData:
-    """Read what a run's files hold.
-
-    Parameters
-    ----------
-    files : mapping or path
-        The run's files by what they hold (the keys of
-        :data:`pipeline.io.layout.RUN_FILES`: ``summary``, ``tracks``,
-        ``movie``, ...); keys left out and files that do not exist are noted
-        as missing. Or the run's results directory, read as laid out by
-        :func:`pipeline.io.layout.run_files`.
-    name : str, optional
-        The run's name (default: the directory's name; required with a
-        mapping).
-    group : str, optional
-        Its replicate group.
-
-    Raises
-    ------
-    FileNotFoundError
-        The directory does not exist.
-    ValueError (TableError, MovieError)
-        A file is present but unreadable, or an unknown key; the message names it.
-    """
-    run_dir = None
-    if not isinstance(files, Mapping):
-        run_dir = Path(files)
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"report: run directory {run_dir} does not exist")
-        name, files = name or run_dir.name, run_files(run_dir)
-    unknown = sorted(set(files) - set(RUN_FILES))
-    if unknown:
-        raise ValueError(f"report: unknown run file(s) {unknown}; known: {list(RUN_FILES)}")
-    if not name:
-        raise ValueError("report: a run given by its files needs a name")
-    paths = {key: Path(path) for key, path in files.items()}
-    present = {key: path for key, path in paths.items() if path.exists()}
-    anchor = paths.get("summary") or paths.get("tracks")
-    data = RunData(dir=run_dir or (anchor.parent if anchor else None), name=name, group=group)
-
-    def note_missing(key: str) -> None:
-        data.missing.append(paths[key].name if key in paths else RUN_FILES[key])
-
-    summary = _read_json(present["summary"]) if "summary" in present else None
-    if summary is None:
-        note_missing("summary")
-    data.summary = summary or {}
-    data.distribution = _read_distribution(present["distribution"]) if "distribution" in present else None
-    if data.distribution is None:
-        note_missing("distribution")
-    for stem in _TABLES:
-        if stem in present:
-            data.tables[stem] = read_table(present[stem])
-            data.meta[stem] = data.provenance[present[stem].name] = table_metadata(present[stem])
-        elif stem not in _OPTIONAL:
-            note_missing(stem)
-    if "objects" in present:  # segment + reassign ran for this run
-        data.tables["objects"] = read_table(present["objects"], required=OBJECT_COLUMNS)
-        data.provenance[present["objects"].name] = table_metadata(present["objects"])
-        data.reassigned = open_movie(present["reassigned"]) if "reassigned" in present else None
-    if "movie" in present:
-        data.movie = open_movie(present["movie"])
-    else:
-        note_missing("movie")
-    if data.meta.get("tracks", {}).get("stage") == _GEFF_IMPORT:
-        # another tracker's tracks: there is no movie and no feature table to miss
-        data.missing = [m for m in data.missing if m not in (RUN_FILES["movie"], RUN_FILES["features"])]
-    return data
-
-
-def _read_json(path: Path) -> dict | None:
-    return read_summary(path) if path.exists() else None
-
-
-def _read_distribution(path: Path) -> pd.DataFrame | None:
-    return read_distribution(path) if path.exists() else None
-
-
 # ---------------------------------------------------------------------------
 # what the pages show
 # ---------------------------------------------------------------------------
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return None
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 def _figure(uri: str | None, caption: str, missing: str) -> dict[str, str | None]:
@@ -251,20 +137,12 @@ def _main_curve(dist: pd.DataFrame | None) -> pd.DataFrame | None:
     return curves.get("walker_density", next(iter(curves.values())))
 
 
-def _per_particle_diameters(df: pd.DataFrame | None) -> np.ndarray | None:
-    if df is None or "diameter_nm" not in df.columns:
-        return None
-    if "particle" in df.columns:
-        return df.groupby("particle")["diameter_nm"].first().to_numpy(float)
-    return df["diameter_nm"].to_numpy(float)
-
-
 def _size_figure(data: RunData, bins: int) -> dict:
     samples = {}
-    per_track = _per_particle_diameters(data.tables.get("sizes"))
+    per_track = per_particle_diameters(data.tables.get("sizes"))
     if per_track is not None:
         samples["sizes.parquet: per-track diameters"] = _clip(per_track)
-    truth = _per_particle_diameters(data.tables.get("truth"))
+    truth = per_particle_diameters(data.tables.get("truth"))
     if truth is not None:
         samples["ground truth"] = truth
     uri = figures.size_distribution(
@@ -333,7 +211,7 @@ def _emsd(data: RunData, max_lag: int) -> tuple[pd.DataFrame | None, tuple[float
     computed here from the tracks (trackpy.emsd, drift subtracted)."""
     summary = data.summary
     fit = None
-    n, A = _number(summary.get("msd_powerlaw_n")), _number(summary.get("msd_powerlaw_A"))
+    n, A = finite_number(summary.get("msd_powerlaw_n")), finite_number(summary.get("msd_powerlaw_A"))
     if n is not None and A is not None:
         fit = (n, A)
     emsd = summary.get("emsd")
@@ -391,7 +269,7 @@ def _cross_checks(summary: Mapping[str, Any]) -> dict | None:
     if not isinstance(checks, Mapping):
         return None
     rows = [
-        (label, fmt(_number(checks.get(key)), ".1f"))
+        (label, fmt(finite_number(checks.get(key)), ".1f"))
         for key, label in (
             ("pooled_cve_nm", "pooled covariance estimator (all single-frame steps)"),
             ("emsd_nm", "ensemble-MSD slope"),
@@ -400,7 +278,7 @@ def _cross_checks(summary: Mapping[str, Any]) -> dict | None:
             ("distribution_d50_nm", "distribution: D50"),
         )
     ]
-    deviation, tolerance = _number(checks.get("max_deviation")), _number(checks.get("tolerance"))
+    deviation, tolerance = finite_number(checks.get("max_deviation")), finite_number(checks.get("tolerance"))
     agree = bool(checks.get("agree"))
     verdict = "The estimates agree" if agree else "The estimates disagree"
     verdict += f": largest deviation {fmt(deviation, '.1%')}, tolerance {fmt(tolerance, '.1%')}."
@@ -412,15 +290,15 @@ def _localization(data: RunData) -> list[tuple[str, str, str]]:
     when it has one, else its older flat keys."""
     s = data.summary
     loc = s.get("localization") if isinstance(s.get("localization"), Mapping) else {}
-    sigma = _number(loc.get("sigma_um", s.get("sigma_um")))
-    blur = _number(loc.get("blur_R", s.get("blur_R")))
-    exposure, exposure_source = _number(s.get("exposure_s")), "summary.json"
+    sigma = finite_number(loc.get("sigma_um", s.get("sigma_um")))
+    blur = finite_number(loc.get("blur_R", s.get("blur_R")))
+    exposure, exposure_source = finite_number(s.get("exposure_s")), "summary.json"
     if exposure is None and data.movie is not None:
-        exposure, exposure_source = _number(data.movie.attrs.get("exposure_s")), "the movie's metadata"
+        exposure, exposure_source = finite_number(data.movie.attrs.get("exposure_s")), "the movie's metadata"
     blur_source = loc.get("blur_source")
     if blur_source is None and exposure is not None:
         blur_source = f"exposure {fmt(exposure, '.4g')} s"
-    pooled = _number(loc.get("pooled_sigma2_um2"))
+    pooled = finite_number(loc.get("pooled_sigma2_um2"))
     rows = [
         ("localization error σ (nm)", fmt(None if sigma is None else sigma * 1e3, ".1f"),
          str(loc.get("source", s.get("sigma_source")) or NA)),
@@ -428,13 +306,13 @@ def _localization(data: RunData) -> list[tuple[str, str, str]]:
     if pooled is not None:
         rows.append(("pooled localization variance σ² (nm²)", fmt(pooled * 1e6, ".4g"),
                      "covariance estimator over all single-frame steps"))
-    spread = _number(s.get("sigma_heterogeneity"))
+    spread = finite_number(s.get("sigma_heterogeneity"))
     if spread is not None:
         rows.append(("spread of the tracks' σ (Q / (n − 1))", fmt(spread, ".3g"),
                      "1 when all tracks share one σ; above, each track's own σ, shrunk towards the sample's"))
-    phi = _number(s.get("step_dispersion_estimate"))
+    phi = finite_number(s.get("step_dispersion_estimate"))
     if phi is not None:
-        used = _number(s.get("step_dispersion"))
+        used = finite_number(s.get("step_dispersion"))
         rows.append(("step dispersion φ", fmt(phi, ".3g"),
                      "1 for Brownian steps; the likelihood was widened by " + fmt(used, ".3g")
                      if used is not None and used > 1 else "1 for Brownian steps"))
@@ -496,7 +374,7 @@ def _left_out(data: RunData) -> list[tuple[str, str, str, str]]:
     link = data.meta.get("tracks", {})
     lp = link.get("params") or {}
     rows = []
-    geff = link.get("geff") if link.get("stage") == _GEFF_IMPORT else None
+    geff = link.get("geff") if link.get("stage") == GEFF_IMPORT else None
     if isinstance(geff, Mapping):  # nothing is left out: branched tracks are split
         where = (f"from {link.get('input', 'a geff store')}: {fmt(geff.get('n_nodes'))} detections, "
                  f"{fmt(geff.get('n_tracks'))} tracks")
@@ -519,7 +397,7 @@ def _left_out(data: RunData) -> list[tuple[str, str, str, str]]:
         rows.append(("size", "short tracks", fmt(size["n_tracks_short"]),
                      f"fewer than size.min_steps = {fmt(sp.get('min_steps'))} single-frame steps"))
     if size.get("jump_rule"):
-        eps = _number(size.get("jump_fraction"))
+        eps = finite_number(size.get("jump_fraction"))
         rows.append(("size", "steps scored as jumps (mislinks)", fmt(size.get("n_jump_steps")),
                      f"{size['jump_rule']} (fitted ε = {fmt(None if eps is None else 100 * eps, '.2g')} %)"))
     if "n_tracks_outliers" in size:
@@ -546,7 +424,7 @@ def _size_with_interval(summary: Mapping[str, Any], key: str, spec: str, templat
     (``<stem>_ci_nm``) when the summary has one."""
     value = fmt(figure_value(summary, key), spec)
     ci = summary.get(key.replace("_nm", "_ci_nm"))
-    if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
+    if isinstance(ci, list) and len(ci) == 2 and all(finite_number(v) is not None for v in ci):
         value += template.format(lo=ci[0], hi=ci[1])
     return value
 
@@ -555,16 +433,16 @@ def _key_figures(data: RunData) -> dict:
     s = data.summary
     sizes = [
         (f"{label} diameter", _size_with_interval(s, f"{stem}_nm", ".1f", " (95 % CI {lo:.1f}–{hi:.1f})"),
-         fmt(_number(s.get(f"naive_{stem}_nm")), ".1f"), "nm")
+         fmt(finite_number(s.get(f"naive_{stem}_nm")), ".1f"), "nm")
         for stem, label in _SIZE_FIGURES
     ]
     rows = []
     for key, label, unit, spec, scale in _RUN_FIGURES:
-        value = _number(s.get(key))
+        value = finite_number(s.get(key))
         rows.append((label, NA if value is None else format(value * scale, spec), unit))
     if s.get("viscosity_source"):
         rows.append(("Viscosity from", str(s["viscosity_source"]), ""))
-    truth = _per_particle_diameters(data.tables.get("truth"))
+    truth = per_particle_diameters(data.tables.get("truth"))
     if truth is not None and len(truth):
         rows.append(("Ground truth: particles", str(len(truth)), ""))
         rows.append(("Ground truth: mean diameter", f"{np.mean(truth):.1f}", "nm"))
@@ -863,7 +741,7 @@ def _group_cells(merged: Mapping[str, Any] | None, members: Sequence[Mapping[str
         if merged:
             value, sem = figure_value(merged, key), figure_value(merged, f"{key}_sem")
             if sem is None and key.endswith("_nm"):
-                sem = _number(merged.get(f"walker_{key}_sem"))
+                sem = finite_number(merged.get(f"walker_{key}_sem"))
         else:
             values = [v for m in members if (v := figure_value(m, key)) is not None]
             value = float(np.mean(values)) if values else None
@@ -996,7 +874,7 @@ def run(
     merged = {}
     for group, files in (groups or {}).items():
         files = group_files(files) if not isinstance(files, Mapping) else {k: Path(v) for k, v in files.items()}
-        merged[group] = (_read_json(files["summary"]), _read_distribution(files["distribution"]))
+        merged[group] = (read_optional_summary(files["summary"]), read_optional_distribution(files["distribution"]))
     atomic_write(output, render_index(loaded, params=params, groups=merged, inputs=inputs,
                                       config_sha256=config_sha256))
     return output
