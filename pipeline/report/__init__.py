@@ -36,26 +36,29 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from .. import __version__
 from ..io.files import atomic_write
 from ..io.layout import group_files
-from ..io.nta import experiment_summary_csv, figure_value
+from ..io.nta import experiment_summary_csv
 from ..io.provenance import environment_lock_sha256
 from ..io.schema import check_section
 from ..io.tables import library_versions
 from . import objects
 from .data import (
     RunData,
-    finite_number,
     load_run,
-    per_particle_diameters,
     read_optional_distribution,
     read_optional_summary,
 )
 from .html import NA, data_uri, fmt, render
+from .key_figures import (
+    INDEX_HEADER,
+    index_group_cells,
+    index_run_cells,
+    run_key_figures,
+)
 from .panels import (
     figure_panel,
     frames_panel,
@@ -64,39 +67,12 @@ from .panels import (
     size_panel,
     tracks_panel,
 )
-from .qc import QC_KEYS, qc_flags, qc_panel
+from .qc import qc_panel
 
 __all__ = ["run", "render_run", "render_index", "load_run", "RunData"]
 
 log = logging.getLogger("trackflow.report")
 
-# (summary key stem, label): sizes are ``<stem>_nm`` (the distribution's
-# estimate), ``naive_<stem>_nm`` the per-track histogram's
-_SIZE_FIGURES = (
-    ("mean", "Mean"),
-    ("mode", "Mode"),
-    ("sd", "SD"),
-    ("d10", "D10"),
-    ("d50", "D50"),
-    ("d90", "D90"),
-)
-# (summary key, label, unit, format, scale)
-_RUN_FIGURES = (
-    ("n_tracks", "Valid tracks", "", ".0f", 1),
-    ("particles_per_frame", "Particles per frame", "", ".3g", 1),
-    ("concentration_per_ml", "Concentration", "particles/mL", ".3g", 1),
-    ("temperature_K", "Temperature", "K", ".2f", 1),
-    ("viscosity_Pa_s", "Viscosity", "mPa·s", ".4g", 1e3),
-    ("msd_powerlaw_n", "MSD power-law exponent n", "", ".3f", 1),
-    ("msd_powerlaw_A", "MSD power-law prefactor A", "µm²/s^n", ".4g", 1),
-)
-# the index's NTA figure set: (summary key, column, format)
-_INDEX_FIGURES = (
-    *((f"{stem}_nm", f"{label} (nm)", ".1f") for stem, label in _SIZE_FIGURES),
-    ("concentration_per_ml", "Concentration (particles/mL)", ".3g"),
-    ("particles_per_frame", "Particles/frame", ".4g"),
-    ("n_tracks", "Valid tracks", ".4g"),
-)
 # the versions shown on every page, in this order
 _VERSIONS = ("python", "numpy", "pandas", "trackpy", "snakemake", "zarr", "scipy", "skimage")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -108,46 +84,6 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # --- key figures, objects, acquisition, settings -------------------------------
-
-
-def _size_with_interval(summary: Mapping[str, Any], key: str, spec: str, template: str) -> str:
-    """A size figure (``<stem>_nm``) with its bootstrap interval
-    (``<stem>_ci_nm``) when the summary has one."""
-    value = fmt(figure_value(summary, key), spec)
-    ci = summary.get(key.replace("_nm", "_ci_nm"))
-    if isinstance(ci, list) and len(ci) == 2 and all(finite_number(v) is not None for v in ci):
-        value += template.format(lo=ci[0], hi=ci[1])
-    return value
-
-
-def _key_figures(data: RunData) -> dict:
-    s = data.summary
-    sizes = [
-        (f"{label} diameter", _size_with_interval(s, f"{stem}_nm", ".1f", " (95 % CI {lo:.1f}–{hi:.1f})"),
-         fmt(finite_number(s.get(f"naive_{stem}_nm")), ".1f"), "nm")
-        for stem, label in _SIZE_FIGURES
-    ]
-    rows = []
-    for key, label, unit, spec, scale in _RUN_FIGURES:
-        value = finite_number(s.get(key))
-        rows.append((label, NA if value is None else format(value * scale, spec), unit))
-    if s.get("viscosity_source"):
-        rows.append(("Viscosity from", str(s["viscosity_source"]), ""))
-    truth = per_particle_diameters(data.tables.get("truth"))
-    if truth is not None and len(truth):
-        rows.append(("Ground truth: particles", str(len(truth)), ""))
-        rows.append(("Ground truth: mean diameter", f"{np.mean(truth):.1f}", "nm"))
-        rows.append(("Ground truth: median diameter", f"{np.median(truth):.1f}", "nm"))
-    shown = {f"{a}{stem}{b}" for stem, _ in _SIZE_FIGURES for a, b in (("", "_nm"), ("naive_", "_nm"), ("", "_ci_nm"))}
-    shown |= {key for key, *_ in _RUN_FIGURES} | {"viscosity_source"} | QC_KEYS
-    # the rest of summary.json's scalars (nested params and lists are shown elsewhere or too long)
-    other = [
-        (key, fmt(value)) for key, value in s.items()
-        if key not in shown and key != "trackflow_version" and not isinstance(value, (dict, list))
-    ]
-    notes = s.get("notes")
-    return {"key_sizes": sizes, "key_figures": rows, "other": other,
-            "notes": [str(n) for n in notes] if isinstance(notes, list) else []}
 
 
 def _acquisition(data: RunData) -> list[tuple[str, str]] | None:
@@ -322,7 +258,7 @@ def _render(
             "msd": msd_panel(data, int(params["msd_max_lag"])),
             "frames": frames_panel(data),
         },
-        **_key_figures(data),
+        **run_key_figures(data),
         objects=_objects(data),
         acquisition=_acquisition(data),
         settings=_settings(data),
@@ -372,36 +308,6 @@ def render_run(
 # ---------------------------------------------------------------------------
 
 
-def _run_cells(summary: Mapping[str, Any]) -> list[str]:
-    cells = [
-        _size_with_interval(summary, key, spec, " ({lo:.1f}–{hi:.1f})") if key.endswith("_nm")
-        else fmt(figure_value(summary, key), spec)
-        for key, _, spec in _INDEX_FIGURES
-    ]
-    if "qc" in summary:
-        cells.append(", ".join(f["code"] for f in qc_flags(summary)) or "none")
-    else:
-        cells.append(NA)
-    return cells
-
-
-def _group_cells(merged: Mapping[str, Any] | None, members: Sequence[Mapping[str, Any]]) -> list[str]:
-    """A group's figures: the size stage's merge (mean ± standard error over
-    the replicates), else the same computed here from the runs' summaries."""
-    cells = []
-    for key, _, spec in _INDEX_FIGURES:
-        if merged:
-            value, sem = figure_value(merged, key), figure_value(merged, f"{key}_sem")
-            if sem is None and key.endswith("_nm"):
-                sem = finite_number(merged.get(f"walker_{key}_sem"))
-        else:
-            values = [v for m in members if (v := figure_value(m, key)) is not None]
-            value = float(np.mean(values)) if values else None
-            sem = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-        cells.append(fmt(value, spec) + (f" ± {format(sem, spec)}" if sem is not None else ""))
-    return [*cells, ""]
-
-
 def render_index(
     runs: Sequence[RunData],
     *,
@@ -436,12 +342,12 @@ def render_index(
         by_group.setdefault(d.group, []).append(d)
     blocks = []
     for group, members in sorted(by_group.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
-        rows = [{"cells": [d.name, *_run_cells(d.summary)], "href": f"{d.name}.html", "merged": False} for d in members]
+        rows = [{"cells": [d.name, *index_run_cells(d.summary)], "href": f"{d.name}.html", "merged": False} for d in members]
         if group is not None:
             merged = groups.get(group, (None, None))[0]
             label = f"merged ({fmt(merged.get('n_replicates'))} replicates)" if merged else \
                 f"mean of {len(members)} run(s)"
-            rows.append({"cells": [label, *_group_cells(merged, [d.summary for d in members])], "href": None, "merged": True})
+            rows.append({"cells": [label, *index_group_cells(merged, [d.summary for d in members])], "href": None, "merged": True})
         blocks.append({"title": f"Group {group}" if group is not None else "Runs without a group", "rows": rows})
 
     samples = [(d.name, d.summary, d.distribution) for d in runs if d.summary]
@@ -468,7 +374,7 @@ def render_index(
         title=params["title"],
         n_runs=len(runs), n_groups=len([g for g in by_group if g]),
         overlay=overlay_panel(runs, params["title"]),
-        header=("run", *(label for _, label, _ in _INDEX_FIGURES), "QC flags"),
+        header=INDEX_HEADER,
         blocks=blocks,
         downloads=downloads,
         settings=[{"name": d.name, "stages": _settings(d)} for d in runs],
