@@ -27,24 +27,18 @@ the file.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import logging
 import os
 import re
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .. import __version__
 from ..io.files import atomic_write
 from ..io.layout import group_files
 from ..io.nta import experiment_summary_csv
-from ..io.provenance import environment_lock_sha256
 from ..io.schema import check_section
-from ..io.tables import library_versions
 from . import objects
 from .data import (
     RunData,
@@ -67,14 +61,13 @@ from .panels import (
     size_panel,
     tracks_panel,
 )
+from .provenance import page_provenance, source_checksums, stage_settings
 from .qc import qc_panel
 
 __all__ = ["run", "render_run", "render_index", "load_run", "RunData"]
 
 log = logging.getLogger("trackflow.report")
 
-# the versions shown on every page, in this order
-_VERSIONS = ("python", "numpy", "pandas", "trackpy", "snakemake", "zarr", "scipy", "skimage")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -138,28 +131,6 @@ def _objects(data: RunData) -> dict | None:
     return out
 
 
-def _settings(data: RunData) -> list[dict]:
-    """Every stage's parameters as recorded in its output."""
-    rows = []
-    for name, meta in data.provenance.items():
-        rows.append({
-            "file": name, "stage": str(meta.get("stage", NA)), "version": str(meta.get("trackflow_version", NA)),
-            "params": meta.get("params") or {},
-            "recorded": {k: v for k, v in meta.items() if k not in ("params", "stage", "trackflow_version", "versions")},
-        })
-    if data.summary:
-        params = data.summary.get("params")
-        rows.append({"file": "summary.json", "stage": "size",
-                     "version": str(data.summary.get("trackflow_version", NA)),
-                     "params": params if isinstance(params, dict) else {}, "recorded": {}})
-    if data.movie is not None:
-        settings = data.movie.attrs.get("settings") or data.movie.attrs.get("params") or {}
-        rows.append({"file": "movie.ome.zarr", "stage": "acquire",
-                     "version": str(data.movie.attrs.get("trackflow_version", NA)),
-                     "params": settings if isinstance(settings, dict) else {}, "recorded": {}})
-    return rows
-
-
 # --- downloads and provenance ------------------------------------------------------
 
 
@@ -180,64 +151,6 @@ def _run_downloads(data: RunData) -> list[dict[str, str]]:
         files.append(_csv_download(f"{data.name}-sizes.csv", sizes.to_csv(index=False, float_format="%.6g"),
                                    "per-track sizes (sizes.parquet)"))
     return files
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _inputs(data: RunData, sources: Sequence[str | os.PathLike] | None) -> list[tuple[str, str, str]]:
-    """The run's source files with their sha256; a simulated run says so,
-    with its seed (the movie's metadata)."""
-    rows = []
-    for source in sources or ():
-        path = Path(source)
-        if path.is_file():
-            rows.append((data.name, str(path), _sha256(path)))
-        else:
-            rows.append((data.name, str(path), "a directory (not hashed)" if path.is_dir() else "absent"))
-    if not rows and data.movie is not None and data.movie.attrs.get("simulated"):
-        settings = data.movie.attrs.get("settings")
-        seed = settings.get("seed") if isinstance(settings, Mapping) else None
-        rows.append((data.name, str(data.movie.attrs.get("source", "simulated")), f"simulated (seed {fmt(seed)})"))
-    if not rows:
-        rows.append((data.name, NA, "not given (the report was made outside the workflow)"))
-    return rows
-
-
-def _provenance(datas: Sequence[RunData], inputs: Sequence[tuple[str, str, str]], config_sha256: str | None) -> dict:
-    """What every page states about how it was made: versions now and as the
-    stages recorded them, the configuration's hash, the inputs' checksums, the date."""
-    now = dict(library_versions())
-    try:
-        now["snakemake"] = metadata.version("snakemake")
-    except metadata.PackageNotFoundError:
-        now["snakemake"] = NA
-    recorded: dict[str, set[str]] = {}
-    for data in datas:
-        for meta in data.provenance.values():
-            for name, version in (meta.get("versions") or {}).items():
-                recorded.setdefault(name, set()).add(str(version))
-    versions = [(name, now.get(name, NA), ", ".join(sorted(recorded.get(name, ()))) or "not recorded")
-                for name in _VERSIONS]
-    # the lock the environment was installed from, now and as each output recorded it
-    recorded_by = [meta for data in datas for meta in data.provenance.values()]
-    recorded_by += [data.movie.attrs for data in datas if data.movie is not None]
-    recorded_by += [data.summary for data in datas if data.summary]
-    locks = {meta["environment_lock_sha256"] for meta in recorded_by if "environment_lock_sha256" in meta}
-    return {
-        "trackflow": __version__,
-        "environment_lock_sha256": environment_lock_sha256(),
-        "environment_locks_recorded": sorted(lock or "null (not installed from a lock)" for lock in locks),
-        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "config_sha256": config_sha256,
-        "versions": versions,
-        "inputs": list(inputs),
-    }
 
 
 def _render(
@@ -261,9 +174,9 @@ def _render(
         **run_key_figures(data),
         objects=_objects(data),
         acquisition=_acquisition(data),
-        settings=_settings(data),
+        settings=stage_settings(data),
         downloads=_run_downloads(data),
-        provenance=_provenance([data], inputs, config_sha256),
+        provenance=page_provenance([data], inputs, config_sha256),
     )
 
 
@@ -300,7 +213,7 @@ def render_run(
     """
     params = check_section("report", params)
     data = load_run(files, name=run, group=group)
-    return _render(data, params, index_href, _inputs(data, sources), config_sha256)
+    return _render(data, params, index_href, source_checksums(data, sources), config_sha256)
 
 
 # ---------------------------------------------------------------------------
@@ -377,8 +290,8 @@ def render_index(
         header=INDEX_HEADER,
         blocks=blocks,
         downloads=downloads,
-        settings=[{"name": d.name, "stages": _settings(d)} for d in runs],
-        provenance=_provenance(runs, inputs, config_sha256),
+        settings=[{"name": d.name, "stages": stage_settings(d)} for d in runs],
+        provenance=page_provenance(runs, inputs, config_sha256),
     )
 
 
@@ -422,7 +335,7 @@ def run(
     loaded, inputs = [], []
     for r in runs:
         data = load_run(r["files"], name=r["run"], group=r["group"])
-        run_inputs = _inputs(data, r["sources"])
+        run_inputs = source_checksums(data, r["sources"])
         atomic_write(output.parent / f"{r['run']}.html", _render(data, params, output.name, run_inputs, config_sha256))
         # the index reads no more than these: let the other tables go
         data.tables = {k: v for k, v in data.tables.items() if k == "sizes"}
