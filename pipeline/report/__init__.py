@@ -37,7 +37,6 @@ import pandas as pd
 
 from ..io.files import atomic_write
 from ..io.layout import group_files
-from ..io.nta import experiment_summary_csv
 from ..io.schema import check_section
 from . import objects
 from .data import (
@@ -46,6 +45,7 @@ from .data import (
     read_optional_distribution,
     read_optional_summary,
 )
+from .downloads import index_downloads, run_downloads
 from .html import NA, data_uri, fmt, render
 from .key_figures import (
     INDEX_HEADER,
@@ -134,25 +134,6 @@ def _objects(data: RunData) -> dict | None:
 # --- downloads and provenance ------------------------------------------------------
 
 
-def _csv_download(name: str, text: str, what: str) -> dict[str, str]:
-    return {"name": name, "href": data_uri(text, "text/csv"), "what": what}
-
-
-def _run_downloads(data: RunData) -> list[dict[str, str]]:
-    files = []
-    if data.summary:
-        files.append(_csv_download(
-            f"{data.name}-summary.csv",
-            experiment_summary_csv([(data.name, data.summary, data.distribution)], title=data.name),
-            "the run's figures and its size distribution per bin, in the layout of an NTA experiment summary",
-        ))
-    sizes = data.tables.get("sizes")
-    if sizes is not None:
-        files.append(_csv_download(f"{data.name}-sizes.csv", sizes.to_csv(index=False, float_format="%.6g"),
-                                   "per-track sizes (sizes.parquet)"))
-    return files
-
-
 def _render(
     data: RunData,
     params: Mapping[str, Any],
@@ -175,7 +156,7 @@ def _render(
         objects=_objects(data),
         acquisition=_acquisition(data),
         settings=stage_settings(data),
-        downloads=_run_downloads(data),
+        downloads=run_downloads(data),
         provenance=page_provenance([data], inputs, config_sha256),
     )
 
@@ -263,25 +244,6 @@ def render_index(
             rows.append({"cells": [label, *index_group_cells(merged, [d.summary for d in members])], "href": None, "merged": True})
         blocks.append({"title": f"Group {group}" if group is not None else "Runs without a group", "rows": rows})
 
-    samples = [(d.name, d.summary, d.distribution) for d in runs if d.summary]
-    downloads = []
-    if samples:
-        downloads.append(_csv_download(
-            "experiment-summary.csv", experiment_summary_csv(samples, title=params["title"]),
-            "every run's figures, their average and standard error, and the size distributions per bin "
-            "(layout of an NTA experiment summary)",
-        ))
-    for group, members in sorted((g, m) for g, m in by_group.items() if g is not None):
-        group_samples = [(d.name, d.summary, d.distribution) for d in members if d.summary]
-        if group_samples:
-            downloads.append(_csv_download(f"{group}-summary.csv", experiment_summary_csv(group_samples, title=group),
-                                           f"group {group}: its runs' figures, average and standard error"))
-    sizes = [d.tables["sizes"].assign(run=d.name) for d in runs if d.tables.get("sizes") is not None]
-    if sizes:
-        table = pd.concat(sizes, ignore_index=True)
-        table = table[["run", *(c for c in table.columns if c != "run")]]
-        downloads.append(_csv_download("sizes.csv", table.to_csv(index=False, float_format="%.6g"),
-                                       "every run's per-track sizes (sizes.parquet), with a run column"))
     return render(
         "index.html.j2",
         title=params["title"],
@@ -289,7 +251,7 @@ def render_index(
         overlay=overlay_panel(runs, params["title"]),
         header=INDEX_HEADER,
         blocks=blocks,
-        downloads=downloads,
+        downloads=index_downloads(runs, params["title"]),
         settings=[{"name": d.name, "stages": stage_settings(d)} for d in runs],
         provenance=page_provenance(runs, inputs, config_sha256),
     )
