@@ -74,7 +74,9 @@ def source_checksums(data: RunData, sources: Sequence[str | os.PathLike] | None)
     return rows
 
 
-def page_provenance(datas: Sequence[RunData], inputs: Sequence[tuple[str, str, str]], config_sha256: str | None) -> dict:
+def page_provenance(
+    datas: Sequence[RunData], inputs: Sequence[tuple[str, str, str]], config_sha256: str | None
+) -> dict:
     """What every page states about how it was made: versions now and as the
     stages recorded them, the configuration's hash, the inputs' checksums, the date."""
     now = dict(library_versions())
