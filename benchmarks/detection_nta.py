@@ -7,13 +7,14 @@ The movie (trackflow's NTA simulator, acquired by the workflow's own
 10 ms exposure, 0.2 µm pixels, a Gaussian PSF of s.d. 1.5 px, background 100
 photons per pixel, read noise 2 e⁻. Brightness follows Rayleigh scattering,
 ``photons ∝ d⁶``, from ``--photons-100nm`` photons per frame for a 100 nm
-bead (default 6000, so a 60 nm bead gives 280: a peak of about twice the
-noise before the motion blur spreads it, which for these fast particles is
-more than the PSF).
+bead (default 5500, so a 60 nm bead gives 257: a peak of 1.8 noise s.d.s
+before the motion blur spreads it, which for these fast particles is more
+than the PSF: 2 px rms per axis in the 10 ms exposure).
 
 The same frames are analysed as four runs of one workflow (per-run
-``overrides`` in ``runs.tsv``; link ``search_range`` 14 px, ``memory`` 2,
-everything else at the shipped config's values):
+``overrides`` in ``runs.tsv``; link ``search_range`` 20 px, over 5 s.d.s of
+a 60 nm bead's step, and ``memory`` 2; everything else at the shipped
+config's values):
 
 - ``trackpy_default``: ``locate.method: trackpy`` with the config's
   ``minmass`` (what a user gets without tuning);
@@ -21,21 +22,26 @@ everything else at the shipped config's values):
   ground truth (the best recall at precision ≥ 0.95 on the first frames,
   over diameter 7 and 9: the most generous baseline trackpy can have);
 - ``matched``: ``locate.method: matched`` at its default ``false_rate``;
-- ``learned`` (with the extra ``trackflow[learn]``, not in ``--quick``):
-  ``locate.method: learned`` trained by the workflow's ``train_detector``
-  rule on the simulator with the run's pixel size and the SNR range a user
-  would state.
+- ``learned`` (with the extra ``trackflow[learn]``): ``locate.method:
+  learned`` trained by the workflow's ``train_detector`` rule on trackflow's
+  detection simulator (static spots: it is not told about the blur) with
+  what a user would state: Poisson noise on a background of 100, SNR 1-5,
+  0.5-3 spots per 10,000 px (``--quick``: 600 training steps, else the
+  schema's default).
 
 For each run: features, per-frame precision and recall against the truth
 (nearest truth within 3 px), the size stage's ``n_tracks`` (tracks sized),
 mode and D50 and their errors against 60 nm, and the seconds of the whole
 workflow. Targets (issue 15): trackpy, tuned, gives fewer than 100 sized
 tracks (``trackpy_tuned_tracks_lt_100``), and the better method sizes the
-movie within 10 % (``best_method_mode_and_d50_within_10pct``).
+movie within 10 % (``best_method_mode_and_d50_within_10pct``; the better of
+matched and learned, ``best_method``, is the one whose larger error, mode or
+D50, is smaller).
 
 Usage: ``python benchmarks/detection_nta.py [--quick]`` (also run by
 ``benchmarks/detection.py --end-to-end``); the last line printed is one JSON
-object. ``--quick``: 300 frames, about two minutes on two cores.
+object. ``--quick``: 300 frames, about three minutes on two cores; the full
+run (1000 frames) about five.
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ DIAMETER_NM = 60.0
 GATE_PX = 3.0
 PRECISION = 0.95
 TUNING_FRAMES = 60
-LINK = {"search_range": 14, "memory": 2}
+LINK = {"search_range": 20, "memory": 2}
+QUICK_TRAINING_STEPS = 600
 
 
 def movie_settings(n_frames: int, photons_100nm: float, seed: int) -> dict:
@@ -152,9 +159,9 @@ def tune_trackpy(store: Path, truth: dict[int, np.ndarray], n_frames: int) -> di
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="300 frames, no learned detector")
+    parser.add_argument("--quick", action="store_true", help="300 frames, the learned detector trained briefly")
     parser.add_argument("--frames", type=int, help="movie length (default 300 quick, 1000 otherwise)")
-    parser.add_argument("--photons-100nm", type=float, default=6000.0,
+    parser.add_argument("--photons-100nm", type=float, default=5500.0,
                         help="photons per frame of a 100 nm bead (default %(default)s)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cores", type=int, default=2)
@@ -162,7 +169,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-learned", action="store_true", help="leave the learned detector out")
     args = parser.parse_args(argv)
     n_frames = args.frames or (300 if args.quick else 1000)
-    learned = not (args.quick or args.no_learned) and importlib.util.find_spec("jax") is not None
+    learned = not args.no_learned and importlib.util.find_spec("jax") is not None
     started = time.perf_counter()
     out: dict = {"benchmark": "detection_nta", "quick": bool(args.quick), "frames": n_frames,
                  "diameter_nm": DIAMETER_NM, "photons_100nm": args.photons_100nm,
@@ -195,8 +202,11 @@ def main(argv=None) -> dict:
         runs["trackpy_tuned"] = (store, zarr, {"locate": {"diameter": tuned["diameter"], "minmass": tuned["minmass"]}})
         runs["matched"] = (store, zarr, {"locate": {"method": "matched"}})
         if learned:
-            runs["learned"] = (store, zarr, {"locate": {"method": "learned", "learned": {
-                "noise": "poisson", "background": settings["background"], "snr": [1, 5], "density": [0.5, 3]}}})
+            # what a user states: the noise model and background, a wide SNR range, the density
+            training = {"noise": "poisson", "background": settings["background"], "snr": [1, 5], "density": [0.5, 3]}
+            if args.quick:
+                training["steps"] = QUICK_TRAINING_STEPS
+            runs["learned"] = (store, zarr, {"locate": {"method": "learned", "learned": training}})
         write_runs()
         out["workflow_s"] = round(snakemake(workdir, args.cores), 1)
 
@@ -217,17 +227,16 @@ def main(argv=None) -> dict:
             results[run] = row
         out["runs"] = results
 
-    def sized(row):
-        return row["mode_error"] is not None and row["d50_error"] is not None and \
-            max(row["mode_error"], row["d50_error"]) <= 0.10
+    def worst_error(row):
+        errors = (row["mode_error"], row["d50_error"])
+        return np.inf if None in errors else max(errors)
 
-    methods = [m for m in ("matched", "learned") if m in results]
-    best = min(methods, key=lambda m: (not sized(results[m]), -results[m]["n_tracks"]))
+    best = min((m for m in ("matched", "learned") if m in results), key=lambda m: worst_error(results[m]))
     out["best_method"] = best
     out["targets"] = {
         "trackpy_tuned_tracks_lt_100": results["trackpy_tuned"]["n_tracks"] < 100,
         "trackpy_default_tracks_lt_100": results["trackpy_default"]["n_tracks"] < 100,
-        "best_method_mode_and_d50_within_10pct": sized(results[best]),
+        "best_method_mode_and_d50_within_10pct": worst_error(results[best]) <= 0.10,
     }
     out["load_average_at_end"] = list(os.getloadavg())
     out["seconds"] = round(time.perf_counter() - started, 1)
