@@ -398,6 +398,32 @@ def _refine_one_frame(
         return pd.concat(parts).loc[work.index]
 
 
+def _cluster_ids(features: pd.DataFrame, pos: Sequence[str], separation: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's cluster and the cluster's size, for all frames at once.
+
+    Features of one frame with a neighbour within ``separation`` (per axis)
+    are joined: the connected components trackpy's ``static.cluster`` forms
+    (``query_pairs(1)`` on positions over separation) when it fits them.
+    Clusters are numbered frame by frame, in the order their rows come.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(features)
+    frame = features["frame"].to_numpy()
+    scaled = features[list(pos)].to_numpy(dtype=float) / np.asarray(separation, dtype=float)
+    # the frame as a further axis, 2 apart: no pair spans two frames (and a
+    # 0 difference leaves the in-frame distances exactly as trackpy has them)
+    pairs = cKDTree(np.column_stack([2.0 * frame, scaled])).query_pairs(1, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    order = np.argsort(frame, kind="stable")
+    ids = np.empty(n, dtype=np.int64)
+    ids[order] = pd.factorize(labels[order])[0]
+    return ids, np.bincount(labels)[labels].astype(np.int64)
+
+
 def refine_frames(
     frames: np.ndarray,
     first_frame: int,
@@ -515,36 +541,21 @@ def refine_frames(
     for c in pos:
         out[f"{c}_located"] = out[c].astype(float)
     out["cost"] = np.nan
-    out["cluster"] = np.int64(-1)
-    out["cluster_size"] = np.int64(1)
+    out["cluster"], out["cluster_size"] = _cluster_ids(out, pos, options["separation"] or diam)
     status = np.full(len(out), SKIPPED, dtype=object)
     fit_columns = ["fit_background", "fit_signal", *(f"fit_{p}" for p in varied)]
     for c in fit_columns:
         out[c] = np.nan
 
-    from trackpy.static import cluster
-
     axes = list(_AXES[-ndim:])
-    separation_px = options["separation"] or diam
-    next_cluster = 0
-    for frame_no, rows in out.groupby("frame", sort=True):
-        index = rows.index
-        # clusters over all features of the frame, fitted or not: the same
-        # connected components trackpy forms when it fits them
-        clustered = cluster(rows[["frame", *pos]].copy(), separation_px, list(pos), "frame").loc[index]
-        ids = pd.factorize(clustered["cluster"].to_numpy())[0]
-        out.loc[index, "cluster"] = ids.astype(np.int64) + next_cluster  # unique within the chunk
-        out.loc[index, "cluster_size"] = clustered["cluster_size"].to_numpy(dtype=np.int64)
-        next_cluster += int(ids.max()) + 1
-        if method == "none":
-            continue
-        sizes = clustered["cluster_size"].to_numpy()
-        wanted = (sizes > 1) | fit_isolated
-        if max_cluster_size is not None:
-            wanted &= sizes <= max_cluster_size
-        chosen = index[wanted]
-        if len(chosen) == 0:
-            continue
+    sizes = out["cluster_size"].to_numpy()
+    wanted = (sizes > 1) | fit_isolated
+    if max_cluster_size is not None:
+        wanted &= sizes <= max_cluster_size
+    if method == "none":
+        wanted[:] = False
+    for frame_no, rows in out[wanted].groupby("frame", sort=True):
+        chosen = rows.index
         image = frames[int(frame_no) - first_frame]
         # trackpy's names: z, y, x and size or size_z, size_y, size_x
         work = pd.DataFrame({"frame": out.loc[chosen, "frame"]}, index=chosen)

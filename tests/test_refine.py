@@ -165,6 +165,32 @@ def test_3d_anisotropic_pairs():
     np.testing.assert_allclose(refined["fit_size_x"], math.sqrt(3) * 1.5, rtol=0.15)
 
 
+@pytest.mark.parametrize("separation", [(6.0, 6.0), (3.0, 9.0, 9.0)])
+def test_clusters_are_trackpys_for_every_frame_at_once(separation):
+    # the clusters refine numbers and fits are trackpy.static.cluster's,
+    # frame by frame, whatever the row order; none spans two frames
+    from pipeline.refine import _cluster_ids
+
+    rng = np.random.default_rng(3)
+    ndim = len(separation)
+    pos = ["z", "y", "x"][-ndim:]
+    features = pd.DataFrame(rng.uniform(0, 40, (600, ndim)), columns=pos)
+    features.insert(0, "frame", rng.integers(0, 12, 600))
+    # a feature exactly where another is, one frame later: not its neighbour
+    features.loc[600] = [features.loc[0, "frame"] + 1, *features.loc[0, pos]]
+    ids, sizes = _cluster_ids(features, pos, separation)
+    expected = trackpy.static.cluster(features.copy(), separation, pos, "frame").loc[features.index]
+    np.testing.assert_array_equal(sizes, expected["cluster_size"].to_numpy())
+    assert pd.crosstab(ids, expected["cluster"].to_numpy()).astype(bool).sum(axis=1).eq(1).all()
+    assert (features.groupby(ids)["frame"].nunique() == 1).all()
+    assert 1 < sizes.max() and (sizes == 1).any()  # the scene has both pairs and isolated features
+    # numbered frame by frame, and within a frame in the order the rows come
+    by_id = pd.DataFrame({"frame": features["frame"].to_numpy(), "row": np.arange(len(features))}).groupby(ids).first()
+    assert by_id.index.tolist() == list(range(ids.max() + 1))
+    assert by_id["frame"].is_monotonic_increasing
+    assert by_id.groupby("frame")["row"].apply(lambda rows: rows.is_monotonic_increasing).all()
+
+
 def test_unfittable_cluster_keeps_rows_with_cost_nan(dimer_scene):
     truth, image, features = dimer_scene
     # a pair straddling the left edge: trackpy cannot cut its fit window
