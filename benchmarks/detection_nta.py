@@ -96,11 +96,10 @@ def snakemake(workdir: Path, cores: int, *targets: str) -> float:
     return time.perf_counter() - started
 
 
-def truth_by_frame(settings: dict) -> dict[int, np.ndarray]:
-    """Visible particles' (y, x) per frame, from the simulator itself."""
-    from pipeline.simulate import NTASimulator
-
-    truth = NTASimulator(**settings).truth
+def truth_by_frame(path: Path) -> dict[int, np.ndarray]:
+    """Visible particles' (y, x) per frame, from the ``truth.parquet`` the
+    acquire rule writes beside a simulated movie."""
+    truth = pd.read_parquet(path)
     truth = truth[truth["visible"]]
     return {int(f): g[["y", "x"]].to_numpy() for f, g in truth.groupby("frame")}
 
@@ -194,7 +193,7 @@ def main(argv=None) -> dict:
 
         write_runs()
         out["acquire_s"] = round(snakemake(workdir, args.cores, store), 1)
-        truth = truth_by_frame(settings)
+        truth = truth_by_frame(workdir / "results" / "trackpy_default" / "truth.parquet")
         tuned = tune_trackpy(workdir / store, truth, min(TUNING_FRAMES, n_frames))
         out["trackpy_tuning"] = tuned
         # a Zarr source states its physical conditions, as any imported movie
