@@ -105,7 +105,9 @@ def truth_by_frame(path: Path) -> dict[int, np.ndarray]:
 
 
 def score(features, truth: dict[int, np.ndarray]) -> tuple[float, float]:
-    """Precision and recall of features against the truth (nearest within the gate)."""
+    """Precision and recall of features against the truth: a feature is a hit
+    when a visible particle lies within the gate (not one to one: at 40
+    particles per frame two features on one particle are rare)."""
     from scipy.spatial import cKDTree
 
     hits = 0
