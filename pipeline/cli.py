@@ -22,9 +22,6 @@ __all__ = ["main", "build_parser", "stage_params", "log_to_file"]
 
 log = logging.getLogger("trackflow")
 
-# the command line and a Snakemake job's log file read alike
-_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
-
 
 def log_to_file(path: str) -> None:
     """Send this process's log (and Python warnings) to ``path``: a
@@ -32,7 +29,7 @@ def log_to_file(path: str) -> None:
     logging.basicConfig(
         filename=path,
         level=logging.INFO,
-        format=_LOG_FORMAT,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         force=True,
     )
     logging.captureWarnings(True)
@@ -60,18 +57,13 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, help="local workers (default: all cores)")
 
 
-def _config_section(args: argparse.Namespace, section: str) -> dict[str, Any]:
-    """The ``section`` of the ``--config`` file; empty without one (or without that section)."""
-    if not getattr(args, "config", None):
-        return {}
-    from .io.config import load_config
-
-    return dict(load_config(args.config).get(section) or {})
-
-
 def stage_params(args: argparse.Namespace, section: str) -> dict[str, Any]:
     """Merge ``--config`` (the ``section``), ``--params`` and ``--set`` into a dict."""
-    params = _config_section(args, section)
+    params: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        from .io.config import load_config
+
+        params.update(load_config(args.config).get(section) or {})
     if getattr(args, "params", None):
         try:
             params.update(json.loads(args.params))
@@ -86,68 +78,15 @@ def stage_params(args: argparse.Namespace, section: str) -> dict[str, Any]:
 
 
 def compute_params(args: argparse.Namespace) -> dict[str, Any]:
-    compute = _config_section(args, "compute")
+    compute: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        from .io.config import load_config
+
+        compute.update(load_config(args.config).get("compute") or {})
     for key in ("scheduler", "address", "scheduler_file"):
         if getattr(args, key, None):
             compute[key] = getattr(args, key)
     return compute
-
-
-def _compute_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments a Dask-parallel stage's ``run`` takes from
-    :func:`add_compute_options`: ``compute`` and ``threads``."""
-    return {"compute": compute_params(args), "threads": args.threads}
-
-
-# A stage command's positional input: (name, metavar, help); metavar None shows the name.
-_MOVIE_INPUT = ("movie", "MOVIE", "movie store (movie.ome.zarr)")
-
-
-def _stage_parser(
-    sub: Any,
-    name: str,
-    *,
-    help: str,
-    description: str,
-    inputs: list[tuple[str, str | None, str]],
-    output: tuple[str | None, str],
-) -> argparse.ArgumentParser:
-    """A stage command's parser, begun as every stage command begins: its
-    input files, then the required ``-o/--output``.
-
-    The command adds its own options next and then
-    :func:`_add_stage_options`, in that order (the order of the usage line).
-
-    Parameters
-    ----------
-    sub : argparse subparsers
-        Where to add the command.
-    name, help, description : str
-        As for ``sub.add_parser``.
-    inputs : list of (name, metavar, help)
-        The positional inputs, in order; a metavar of None shows the name.
-    output : (metavar, help)
-        ``-o/--output``'s; a metavar of None shows ``OUTPUT``.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The command's parser.
-    """
-    parser = sub.add_parser(name, help=help, description=description)
-    for dest, metavar, input_help in inputs:
-        parser.add_argument(dest, metavar=metavar, help=input_help)
-    output_metavar, output_help = output
-    parser.add_argument("-o", "--output", required=True, metavar=output_metavar, help=output_help)
-    return parser
-
-
-def _add_stage_options(parser: argparse.ArgumentParser, *, compute: bool) -> None:
-    """The options that end every stage command: its parameters, and for a
-    Dask-parallel stage (``compute``) the scheduler and workers."""
-    add_params_options(parser)
-    if compute:
-        add_compute_options(parser)
 
 
 # ---------------------------------------------------------------------------
@@ -181,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format=_LOG_FORMAT,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
@@ -215,13 +154,6 @@ def _acquire_summary(movie: Any) -> str:
         f"{movie.path}: {movie.attrs.get('frames_written')} frames written, "
         f"{len(movie.attrs.get('dropped') or [])} dropped, {rejected} rejected messages; {state}"
     )
-
-
-def _acquire_exit_status(movie: Any) -> int:
-    """Say on stderr what a writer command wrote; its exit status: 0 for a
-    complete stream, 1 for an interrupted one (the store keeps what came)."""
-    print(_acquire_summary(movie), file=sys.stderr)
-    return 0 if movie.complete else 1
 
 
 def _add_security_options(p: argparse.ArgumentParser) -> None:
@@ -322,7 +254,8 @@ def _register_acquire(sub: Any) -> None:
                 shard_seconds=shard_seconds,
                 **params,
             )
-        return _acquire_exit_status(movie)
+        print(_acquire_summary(movie), file=sys.stderr)
+        return 0 if movie.complete else 1
 
     p.set_defaults(func=run_acquire)
 
@@ -370,7 +303,8 @@ def _register_record(sub: Any) -> None:
             insecure=args.insecure,
             **{k: settings[k] for k in WRITER_KEYS},
         )
-        return _acquire_exit_status(movie)
+        print(_acquire_summary(movie), file=sys.stderr)
+        return 0 if movie.complete else 1
 
     p.set_defaults(func=run_record)
 
@@ -479,8 +413,7 @@ def _register_check(sub: Any) -> None:
 
 @command
 def _register_locate(sub: Any) -> None:
-    parser = _stage_parser(
-        sub,
+    parser = sub.add_parser(
         "locate",
         help="find features in every frame of a movie (trackpy.locate or a matched filter, Dask-parallel)",
         description=(
@@ -490,12 +423,13 @@ def _register_locate(sub: Any) -> None:
             "the config's `locate` section (method, diameter, minmass, matched, learned, ..., "
             "frames_per_task); compute: the `compute` section or the options below."
         ),
-        inputs=[_MOVIE_INPUT],
-        output=("FILE", "features table to write (.parquet)"),
     )
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="features table to write (.parquet)")
     parser.add_argument("--detector", metavar="DIR",
                         help="trained detector for method learned (a directory or its weights.npz)")
-    _add_stage_options(parser, compute=True)
+    add_params_options(parser)
+    add_compute_options(parser)
 
     def locate_command(args: argparse.Namespace) -> int:
         from .locate import run
@@ -504,8 +438,9 @@ def _register_locate(sub: Any) -> None:
             args.movie,
             args.output,
             stage_params(args, "locate"),
+            compute=compute_params(args),
+            threads=args.threads,
             detector=args.detector,
-            **_compute_arguments(args),
         )
         print(f"{args.output}: {len(features)} features")
         return 0
@@ -517,8 +452,7 @@ def _register_locate(sub: Any) -> None:
 
 @command
 def _register_train_detector(sub: Any) -> None:
-    parser = _stage_parser(
-        sub,
+    parser = sub.add_parser(
         "train-detector",
         help="train the learned detector (locate.method learned) on simulated images",
         description=(
@@ -528,10 +462,10 @@ def _register_train_detector(sub: Any) -> None:
             "does. MOVIE is read for its dimensionality only. Then: trackflow locate MOVIE -o "
             "features.parquet --set method=learned --detector DIR."
         ),
-        inputs=[("movie", "MOVIE", "movie store (movie.ome.zarr): 2D frames or 3D volumes")],
-        output=("DIR", "detector directory to write"),
     )
-    _add_stage_options(parser, compute=False)
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr): 2D frames or 3D volumes")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="detector directory to write")
+    add_params_options(parser)
 
     def train_command(args: argparse.Namespace) -> int:
         from .locate.train import run
@@ -550,8 +484,7 @@ def _register_train_detector(sub: Any) -> None:
 
 @command
 def _register_refine(sub: Any) -> None:
-    parser = _stage_parser(
-        sub,
+    parser = sub.add_parser(
         "refine",
         help="least-squares refinement of located features (trackpy.refine_leastsq, Dask-parallel)",
         description=(
@@ -561,17 +494,22 @@ def _register_refine(sub: Any) -> None:
             "fit_function, param_mode, ..., max_failed_fraction); compute: the `compute` "
             "section or the options below."
         ),
-        inputs=[_MOVIE_INPUT, ("features", "FEATURES", "features table (features.parquet)")],
-        output=("FILE", "refined table to write (.parquet)"),
     )
-    _add_stage_options(parser, compute=True)
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
+    parser.add_argument("features", metavar="FEATURES", help="features table (features.parquet)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="refined table to write (.parquet)")
+    add_params_options(parser)
+    add_compute_options(parser)
 
     def refine_command(args: argparse.Namespace) -> int:
         from .io.schema import check_section
         from .refine import failure_summary, run
 
         params = stage_params(args, "refine")
-        refined = run(args.movie, args.features, args.output, params, **_compute_arguments(args))
+        refined = run(
+            args.movie, args.features, args.output, params,
+            compute=compute_params(args), threads=args.threads,
+        )
         limit = check_section("refine", params)["max_failed_fraction"]
         summary = failure_summary(refined, max_failed_fraction=limit)
         flag = f" (above max_failed_fraction {limit})" if summary["failed_fraction_exceeded"] else ""
@@ -588,23 +526,23 @@ def _register_refine(sub: Any) -> None:
 
 @command
 def _register_link(sub: Any) -> None:
-    parser = _stage_parser(
-        sub,
+    parser = sub.add_parser(
         "link",
         help="link features into tracks (tracks.parquet)",
         description="Link located (or refined) features into tracks: features.parquet or "
         "refined.parquet -> tracks.parquet, with the link section's parameters; compute (the "
         "flow linker's appearance step): the `compute` section or the options below.",
-        inputs=[("features", None, "features.parquet or refined.parquet")],
-        output=(None, "tracks.parquet to write"),
     )
+    parser.add_argument("features", help="features.parquet or refined.parquet")
+    parser.add_argument("-o", "--output", required=True, help="tracks.parquet to write")
     parser.add_argument("--movie", help="the run's movie.ome.zarr (needed for search_range_um)")
     parser.add_argument("--flow-output", help="also write the links' displacement vectors (flow.parquet)")
     parser.add_argument(
         "--geff-output",
         help="also write the tracks as a geff store for other tracking tools (tracks.geff; needs --movie)",
     )
-    _add_stage_options(parser, compute=True)
+    add_params_options(parser)
+    add_compute_options(parser)
 
     def run_link(args: argparse.Namespace) -> int:
         from .link import run
@@ -616,7 +554,8 @@ def _register_link(sub: Any) -> None:
             movie=args.movie,
             flow_output=args.flow_output,
             geff_output=args.geff_output,
-            **_compute_arguments(args),
+            compute=compute_params(args),
+            threads=args.threads,
         )
         print(f"{args.output}: {tracks['particle'].nunique()} tracks, {len(tracks)} rows")
         return 0
@@ -769,8 +708,7 @@ def _register_report(sub: Any) -> None:
 
 @command
 def _register_segment(sub: Any) -> None:
-    parser = _stage_parser(
-        sub,
+    parser = sub.add_parser(
         "segment",
         help="label the objects of every frame (labels.ome.zarr, Dask-parallel)",
         description=(
@@ -779,11 +717,12 @@ def _register_segment(sub: Any) -> None:
             "Parameters: the config's `segment` section; compute: the `compute` section or the "
             "options below."
         ),
-        inputs=[_MOVIE_INPUT],
-        output=("STORE", "label store to write (labels.ome.zarr)"),
     )
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
+    parser.add_argument("-o", "--output", required=True, metavar="STORE", help="label store to write (labels.ome.zarr)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing label store")
-    _add_stage_options(parser, compute=True)
+    add_params_options(parser)
+    add_compute_options(parser)
 
     def segment_command(args: argparse.Namespace) -> int:
         from .segment import run
@@ -792,8 +731,9 @@ def _register_segment(sub: Any) -> None:
             args.movie,
             args.output,
             stage_params(args, "segment"),
+            compute=compute_params(args),
+            threads=args.threads,
             overwrite=args.overwrite,
-            **_compute_arguments(args),
         )
         print(f"{args.output}: {labels.attrs.get('n_objects')} objects in {len(labels)} frames")
         return 0
@@ -805,8 +745,7 @@ def _register_segment(sub: Any) -> None:
 
 @command
 def _register_reassign(sub: Any) -> None:
-    parser = _stage_parser(
-        sub,
+    parser = sub.add_parser(
         "reassign",
         help="carry object labels through time (reassigned.ome.zarr, objects.parquet)",
         description=(
@@ -815,12 +754,13 @@ def _register_reassign(sub: Any) -> None:
             "the reassigned label store and a per-label, per-frame table (centroid, volume, "
             "velocity). Parameters: the config's `reassign` section."
         ),
-        inputs=[_MOVIE_INPUT, ("labels", "LABELS", "label store (labels.ome.zarr)")],
-        output=("STORE", "label store to write (reassigned.ome.zarr)"),
     )
+    parser.add_argument("movie", metavar="MOVIE", help="movie store (movie.ome.zarr)")
+    parser.add_argument("labels", metavar="LABELS", help="label store (labels.ome.zarr)")
+    parser.add_argument("-o", "--output", required=True, metavar="STORE", help="label store to write (reassigned.ome.zarr)")
     parser.add_argument("--table", required=True, metavar="FILE", help="per-label table to write (objects.parquet)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output store")
-    _add_stage_options(parser, compute=False)
+    add_params_options(parser)
 
     def reassign_command(args: argparse.Namespace) -> int:
         from .reassign import run
