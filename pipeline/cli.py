@@ -22,6 +22,9 @@ __all__ = ["main", "build_parser", "stage_params", "log_to_file"]
 
 log = logging.getLogger("trackflow")
 
+# the command line and a Snakemake job's log file read alike
+_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
 
 def log_to_file(path: str) -> None:
     """Send this process's log (and Python warnings) to ``path``: a
@@ -29,7 +32,7 @@ def log_to_file(path: str) -> None:
     logging.basicConfig(
         filename=path,
         level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        format=_LOG_FORMAT,
         force=True,
     )
     logging.captureWarnings(True)
@@ -57,13 +60,18 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, help="local workers (default: all cores)")
 
 
+def _config_section(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    """The ``section`` of the ``--config`` file; empty without one (or without that section)."""
+    if not getattr(args, "config", None):
+        return {}
+    from .io.config import load_config
+
+    return dict(load_config(args.config).get(section) or {})
+
+
 def stage_params(args: argparse.Namespace, section: str) -> dict[str, Any]:
     """Merge ``--config`` (the ``section``), ``--params`` and ``--set`` into a dict."""
-    params: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        from .io.config import load_config
-
-        params.update(load_config(args.config).get(section) or {})
+    params = _config_section(args, section)
     if getattr(args, "params", None):
         try:
             params.update(json.loads(args.params))
@@ -78,11 +86,7 @@ def stage_params(args: argparse.Namespace, section: str) -> dict[str, Any]:
 
 
 def compute_params(args: argparse.Namespace) -> dict[str, Any]:
-    compute: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        from .io.config import load_config
-
-        compute.update(load_config(args.config).get("compute") or {})
+    compute = _config_section(args, "compute")
     for key in ("scheduler", "address", "scheduler_file"):
         if getattr(args, key, None):
             compute[key] = getattr(args, key)
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        format=_LOG_FORMAT,
         datefmt="%H:%M:%S",
     )
     try:
