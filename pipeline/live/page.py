@@ -16,7 +16,9 @@ td:first-child{font-weight:600;text-align:right} .note{color:#a60} svg{display:b
 """
 
 
-def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+def format_figure(value: Any, unit: str = "", digits: int = 1) -> str:
+    """A figure for the terminal view and the page: ``digits`` decimals for a
+    float, '–' for a missing or non-finite one."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, float):
@@ -67,12 +69,12 @@ def render_page(state: dict) -> str:
     tracks = state["tracks"]
     rows = [
         ("frames", f"{state['frames_analysed']} analysed of {state['frames_published']} published "
-                   f"({_fmt(None if fraction is None else 100 * fraction, ' %', 0)}), lag {_fmt(state['lag_frames'])}"),
-        ("particles", f"{_fmt(state['particles_last'])} in frame {_fmt(state['last_analysed_seq'])}, "
-                      f"{_fmt(state['particles_mean'])} per frame on average"),
+                   f"({format_figure(None if fraction is None else 100 * fraction, ' %', 0)}), lag {format_figure(state['lag_frames'])}"),
+        ("particles", f"{format_figure(state['particles_last'])} in frame {format_figure(state['last_analysed_seq'])}, "
+                      f"{format_figure(state['particles_mean'])} per frame on average"),
         ("tracks", f"{tracks['total']} ({tracks['active']} running, {tracks['finished']} finished)"),
-        ("D50", f"{_fmt(size.get('walker_d50_nm'), ' nm')} (mode {_fmt(size.get('walker_mode_nm'), ' nm')}, "
-                f"per-track D50 {_fmt(size.get('naive_d50_nm'), ' nm')}) from {size.get('n_tracks', 0)} tracks"),
+        ("D50", f"{format_figure(size.get('walker_d50_nm'), ' nm')} (mode {format_figure(size.get('walker_mode_nm'), ' nm')}, "
+                f"per-track D50 {format_figure(size.get('naive_d50_nm'), ' nm')}) from {size.get('n_tracks', 0)} tracks"),
     ]  # fmt: skip
     table = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows)
     note = f'<p class="note">{e(size["note"])}</p>' if size.get("note") else ""

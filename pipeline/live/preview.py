@@ -35,7 +35,6 @@ import collections
 import concurrent.futures
 import json
 import logging
-import math
 import multiprocessing
 import os
 import sys
@@ -50,6 +49,7 @@ import zmq
 
 from ..acquire import wire
 from ..io.schema import check_section
+from .page import format_figure
 
 __all__ = ["OnlineTracks", "LivePreview", "live_preview", "size_summary"]
 
@@ -565,14 +565,6 @@ class LivePreview:
             self.server = None
 
 
-def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{unit}"
-    return f"{value}{unit}"
-
-
 class _Display:
     """The terminal view: a rich Live panel, log lines, or nothing."""
 
@@ -610,10 +602,10 @@ def summary_line(state: dict) -> str:
     fraction = state["analysed_fraction"]
     return (
         f"preview: {state['frames_analysed']}/{state['frames_published']} frames analysed "
-        f"({_fmt(None if fraction is None else 100 * fraction, '%', 0)}), "
-        f"{_fmt(state['particles_last'])} particles in frame {state['last_analysed_seq']}, "
+        f"({format_figure(None if fraction is None else 100 * fraction, '%', 0)}), "
+        f"{format_figure(state['particles_last'])} particles in frame {state['last_analysed_seq']}, "
         f"{state['tracks']['total']} tracks ({state['tracks']['active']} running); "
-        f"D50 {_fmt(size.get('walker_d50_nm'), ' nm')} from {size.get('n_tracks', 0)} tracks"
+        f"D50 {format_figure(size.get('walker_d50_nm'), ' nm')} from {size.get('n_tracks', 0)} tracks"
     )
 
 
@@ -629,13 +621,13 @@ def rich_view(state: dict):
     table.add_column(justify="right", style="bold")
     table.add_column()
     table.add_row("frames", f"{state['frames_analysed']} analysed of {state['frames_published']} published "
-                  f"({_fmt(None if fraction is None else 100 * fraction, '%', 0)}); "
-                  f"lag {_fmt(state['lag_frames'])} frames")  # fmt: skip
-    table.add_row("particles", f"{_fmt(state['particles_last'])} in the last frame, "
-                  f"{_fmt(state['particles_mean'])} per frame on average")  # fmt: skip
+                  f"({format_figure(None if fraction is None else 100 * fraction, '%', 0)}); "
+                  f"lag {format_figure(state['lag_frames'])} frames")  # fmt: skip
+    table.add_row("particles", f"{format_figure(state['particles_last'])} in the last frame, "
+                  f"{format_figure(state['particles_mean'])} per frame on average")  # fmt: skip
     t = state["tracks"]
     table.add_row("tracks", f"{t['total']} ({t['active']} running, {t['finished']} finished)")
-    table.add_row("D50", f"{_fmt(size.get('walker_d50_nm'), ' nm')} (mode {_fmt(size.get('walker_mode_nm'), ' nm')}) "
+    table.add_row("D50", f"{format_figure(size.get('walker_d50_nm'), ' nm')} (mode {format_figure(size.get('walker_mode_nm'), ' nm')}) "
                   f"from {size.get('n_tracks', 0)} tracks" + (f"  [{size['note']}]" if size.get("note") else ""))  # fmt: skip
     parts = [table]
     dist = size.get("distribution")
