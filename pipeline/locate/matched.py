@@ -53,6 +53,16 @@ are refitted jointly, and two detections that converge closer than half the
 separation are merged. This repeats until nothing new rises above the
 threshold.
 
+**Whole-frame fit** (``volume_fit``, for dense spheres of known radius and
+PSF): the window fits above still feel their neighbours' light, most
+along a confocal volume's blurred axis. With ``volume_fit`` every detection
+is then refitted at once, as balls blurred by the PSF, to the whole frame
+(:mod:`pipeline.locate.spheres`, after Bierbaum et al. 2017); faint and
+duplicate fits are dropped, and the residual of the whole model is searched
+once more, also for spheres just beyond the frame's faces, whose light
+would otherwise pull their neighbours outwards. Those are fitted, not
+reported.
+
 Output: trackpy's columns in trackpy's order (``frame, [z,] y, x, mass,
 size, ecc, signal, raw_mass, ep``, anisotropic ``size_<axis>`` and
 ``ep_<axis>``), so refine, link and size read the table unchanged:
@@ -87,6 +97,7 @@ from scipy import ndimage, optimize, special
 from scipy.spatial import cKDTree
 
 from ..io.schema import check_section, section_defaults
+from . import spheres
 
 __all__ = [
     "MATCHED_OPTIONS",
@@ -119,6 +130,10 @@ POSITION_TOLERANCE = 3e-3
 JOINT_SWEEPS = 3
 #: Residual detections must lie this many separations from every fitted spot.
 RESIDUAL_EXCLUSION = 1.5
+#: ... and this many with ``volume_fit``, whose pruning merges the duplicates
+#: a closer candidate can make (measured: recall at volume fraction 0.55,
+#: radius 4, rises from 0.89 to 0.95 at the same precision).
+VOLUME_FIT_RESIDUAL_EXCLUSION = 1.2
 #: Candidates fitted in one vectorised block (bounds the memory of the Jacobian).
 BLOCK_VOXELS = 2_000_000
 
@@ -188,6 +203,9 @@ def _resolved_options(key: str) -> dict[str, Any]:
     if opts["residual_rounds"] is None:
         opts["residual_rounds"] = 3 if ndim == 3 else 0
     opts["residual_rounds"] = int(opts["residual_rounds"])
+    if opts["volume_fit"] is not None:
+        opts["volume_fit"] = {key: _per_axis(f"matched.volume_fit.{key}", opts["volume_fit"][key], ndim)
+                              for key in ("radius", "psf_sigma")}
     return opts
 
 
@@ -1022,6 +1040,7 @@ def detect(image: np.ndarray, *, diameter: Any, invert: bool = False, **matched:
     radius = opts["radius"]
     bg = background[tuple(peaks.T)] if np.ndim(background) else np.full(len(peaks), float(background))
     fit = fit_spots(work, peaks, sigma, radius=radius, theta=_start(response, peaks, gain, bg))
+    exclusion = RESIDUAL_EXCLUSION if opts["volume_fit"] is None else VOLUME_FIT_RESIDUAL_EXCLUSION
     keep = np.ones(len(peaks), bool)
     for k in range(1, opts["residual_rounds"] + 1):
         if len(peaks) == 0:
@@ -1035,7 +1054,7 @@ def detect(image: np.ndarray, *, diameter: Any, invert: bool = False, **matched:
         new = _local_maxima(r_score, sep, u)
         # a touching neighbour sits two radii (2 x separation) away; what rises in the residual
         # within 1.5 separations of a fitted spot is that fit's misfit, not another particle
-        new = new[_far_from(new, kept["centre"], [RESIDUAL_EXCLUSION * v for v in sep])]
+        new = new[_far_from(new, kept["centre"], [exclusion * v for v in sep])]
         if len(new) == 0:
             break
         r_bg = r_background[tuple(new.T)] if np.ndim(r_background) else np.full(len(new), float(r_background))
@@ -1061,8 +1080,99 @@ def detect(image: np.ndarray, *, diameter: Any, invert: bool = False, **matched:
     out["score"] = scores[keep].astype(np.float64)
     out["round"] = rounds[keep]
     table = pd.DataFrame(out, columns=columns)
+    if opts["volume_fit"] is not None and len(table):
+        table = _volume_refit(work, table, opts, unit, u, noise)
     table.attrs.update(threshold=u, noise_sd=noise)
     return table
+
+
+def _volume_refit(work: np.ndarray, table: pd.DataFrame, opts: Mapping[str, Any], unit: np.ndarray,
+                  u: float, noise: float) -> pd.DataFrame:
+    """``volume_fit``: every detection refitted at once as a blurred ball
+    (:func:`~pipeline.locate.spheres.fit_spheres`), faint and duplicate fits
+    dropped; then, in the residual of the whole model, the maxima the window
+    rounds missed and the spheres just beyond the frame's faces
+    (:func:`_face_candidates`), all refitted together and pruned again.
+
+    A sphere centred outside the frame is fitted (its light reaches in, and
+    unmodelled it pulls its neighbours at the face outwards) but not
+    reported. The positions are the whole-frame fit's; the other columns
+    stay the window fits' (a new detection gets a window fit of its own, on
+    the frame less the other spheres)."""
+    ndim = work.ndim
+    axes = list(_AXES[-ndim:])
+    radius, psf = opts["volume_fit"]["radius"], opts["volume_fit"]["psf_sigma"]
+    sigma, sep, scale = opts["sigma"], opts["separation"], float(opts["background_scale"])
+    fit = spheres.fit_spheres(work, table[axes].to_numpy(dtype=np.float64), radius, psf)
+    keep = spheres.prune_spheres(fit["centre"], fit["amplitude"], radius)
+    table, centres = table[keep].reset_index(drop=True), fit["centre"][keep]
+    model = spheres.sphere_model(work.shape, centres, fit["amplitude"][keep], 0.0, radius, psf)
+    response, _ = matched_filter((work - model).astype(np.float32), sigma, scale)
+    score = response / unit
+    inner = _local_maxima(score, sep, u).astype(np.float64)
+    inner_score = score[tuple(inner.astype(np.int64).T)] if len(inner) else np.empty(0)
+    faces, face_score = _face_candidates(score, sep, 0.5 * u)
+    starts = np.concatenate([inner, faces])
+    far = _far_from(starts, centres, [VOLUME_FIT_RESIDUAL_EXCLUSION * v for v in sep])
+    starts, start_score = starts[far], np.concatenate([inner_score, face_score])[far]
+    if len(starts):
+        # a warm start: the kept spheres have converged, the new ones need fewer steps than a cold start
+        amplitude = np.concatenate([fit["amplitude"][keep], np.full(len(starts), np.nan)])
+        fit = spheres.fit_spheres(work, np.concatenate([centres, starts]), radius, psf, amplitude=amplitude,
+                                  background=fit["background"], max_iterations=spheres.MAX_ITERATIONS // 2)
+        keep = spheres.prune_spheres(fit["centre"], fit["amplitude"], radius)
+    else:
+        fit["centre"], fit["amplitude"] = centres, fit["amplitude"][keep]
+        keep = np.ones(len(centres), bool)
+    upper = np.asarray(work.shape) - 0.5
+    keep &= np.all((fit["centre"] >= -0.5) & (fit["centre"] <= upper), axis=1)
+    old = keep[: len(table)]
+    new = np.flatnonzero(keep[len(table):])
+    table = table[old].reset_index(drop=True)
+    if len(new):
+        others = spheres.sphere_model(work.shape, fit["centre"][: len(old)][old], fit["amplitude"][: len(old)][old],
+                                      0.0, radius, psf)
+        origin = np.clip(np.rint(fit["centre"][len(old) + new]), 0, np.asarray(work.shape) - 1).astype(np.int64)
+        own = fit_spots((work - others).astype(np.float32), origin, sigma, radius=opts["radius"])
+        added = pd.DataFrame({
+            **{axis: own["centre"][:, i] for i, axis in enumerate(axes)},
+            "amplitude": own["amplitude"], "background": own["background"],
+            **{f"sigma_{axis}": own["sigma"][:, i] for i, axis in enumerate(axes)},
+            **{f"error_{axis}": own["error"][:, i] * noise for i, axis in enumerate(axes)},
+            "amplitude_error": own["amplitude_error"] * noise, "fit_ok": own["ok"],
+            "score": start_score[new].astype(np.float64),
+            "round": np.full(len(new), int(table["round"].to_numpy().max(initial=0)) + 1, dtype=np.int64),
+        }, columns=table.columns)
+        table = pd.concat([table, added], ignore_index=True)
+    table[axes] = fit["centre"][keep]
+    return table
+
+
+def _face_candidates(score: np.ndarray, separation: Sequence[float], threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Starting centres for spheres just beyond the frame's faces: the maxima,
+    over each face's outermost planes, of the residual's score, placed half a
+    separation outside the face. The threshold is low on purpose: the fit
+    and :func:`~pipeline.locate.spheres.prune_spheres` decide which are
+    spheres."""
+    found, values = [], []
+    shape = score.shape
+    for axis in range(score.ndim):
+        depth = max(1, int(math.ceil(separation[axis] / 2)))
+        within = [s for k, s in enumerate(separation) if k != axis]
+        for side in (0, 1):
+            planes = [slice(None)] * score.ndim
+            planes[axis] = slice(0, depth) if side == 0 else slice(shape[axis] - depth, shape[axis])
+            face = score[tuple(planes)].max(axis=axis)
+            peaks = _local_maxima(face, within, threshold)
+            if len(peaks) == 0:
+                continue
+            outside = -separation[axis] / 2 if side == 0 else shape[axis] - 1 + separation[axis] / 2
+            centres = np.insert(peaks.astype(np.float64), axis, outside, axis=1)
+            found.append(centres)
+            values.append(face[tuple(peaks.T)])
+    if not found:
+        return np.empty((0, score.ndim)), np.empty(0)
+    return np.concatenate(found), np.concatenate(values)
 
 
 # ---------------------------------------------------------------------------
