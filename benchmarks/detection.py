@@ -69,8 +69,11 @@ D = 2r, border removal), with precision and recall at t = 0.5, per volume
 for φ in {0.25, 0.35, 0.45, 0.55} and (r, SNR) in {(4, 3), (5, 4), (7, 5)}.
 trackpy: ``diameter`` (2r+1 in y, x; 2r+5 in z), ``separation`` tuned per
 volume over {0.5, 0.75, 1} × diameter (best AP). matched: ``diameter`` 2r+1,
-``sigma`` [2, 1.3, 1.3] px (set once for all volumes), everything else at
-its defaults (three residual rounds in 3D).
+``sigma`` 0.6 × sqrt(r²/5 + PSF s.d.²) per axis (:func:`matched_sigma`, as
+config/README.md advises for spheres), ``volume_fit`` with the radius and
+the PSF (pre-blur folded in), everything else at its defaults (three
+residual rounds in 3D); the full run also scores it without ``volume_fit``
+(``matched_windows``: the window fits alone).
 
 **learned** (when JAX, the extra ``trackflow[learn]``, is installed): the
 detector is trained within the run, on trackflow's own simulator
@@ -542,7 +545,8 @@ def run_3d(size, seed, quick, learned_steps=None, learned_radii=(4, 5, 7)):
     rng = np.random.default_rng(seed + 1)
     volumes = []
     cases = [(phi, r, snr) for phi in (0.25, 0.35, 0.45, 0.55) for r, snr in ((4, 3), (5, 4), (7, 5))]
-    seconds = {"trackpy": 0.0, "matched": 0.0, "learned": 0.0}
+    seconds = {"trackpy": 0.0, "matched": 0.0, "matched_windows": 0.0, "learned": 0.0}
+    psf = [round(math.hypot(PRE_BLUR, p), 3) for p in PSF]
     detectors, training = {}, {}
     if learned_available():
         from pipeline.locate import learned
@@ -573,12 +577,21 @@ def run_3d(size, seed, quick, learned_steps=None, learned_radii=(4, 5, 7)):
         row["n_truth"] = best[0]["n_truth"]
         row["trackpy"] = {"ap": round(best[0]["ap"], 4), "precision": round(best[0]["precision_0_5"], 4),
                           "recall": round(best[0]["recall_0_5"], 4), "separation_factor": best[1]}
+        # matched as config/README.md says to set it for spheres: the filter below the
+        # sphere's width, and the whole-frame fit with the radius and the PSF
         start = time.perf_counter()
-        found = locate_matched(vol, diameter=d, sigma=matched_sigma(r))
+        found = locate_matched(vol, diameter=d, sigma=matched_sigma(r), volume_fit={"radius": r, "psf_sigma": psf})
         seconds["matched"] += time.perf_counter() - start
         score = detection_ap(truth, found[["z", "y", "x"]].to_numpy(), diameter=2 * r, shape=vol.shape)
         row["matched"] = {"ap": round(score["ap"], 4), "precision": round(score["precision_0_5"], 4),
                           "recall": round(score["recall_0_5"], 4)}
+        if not quick:  # the window fits alone, as before volume_fit
+            start = time.perf_counter()
+            found = locate_matched(vol, diameter=d, sigma=matched_sigma(r))
+            seconds["matched_windows"] += time.perf_counter() - start
+            score = detection_ap(truth, found[["z", "y", "x"]].to_numpy(), diameter=2 * r, shape=vol.shape)
+            row["matched_windows"] = {"ap": round(score["ap"], 4), "precision": round(score["precision_0_5"], 4),
+                                      "recall": round(score["recall_0_5"], 4)}
         if r in detectors:
             start = time.perf_counter()
             found = learned.locate_learned(vol, detectors[r], diameter=d)
@@ -593,7 +606,7 @@ def run_3d(size, seed, quick, learned_steps=None, learned_radii=(4, 5, 7)):
               f"(P {row['matched']['precision']}, R {row['matched']['recall']})", flush=True)
         volumes.append(row)
     out = {"volumes_3d": volumes, "volume_size_3d": size}
-    for method in ("trackpy", "matched", "learned"):
+    for method in ("trackpy", "matched", "matched_windows", "learned"):
         scored = [v for v in volumes if method in v]
         if not scored:
             continue
