@@ -253,6 +253,11 @@ def acquire(
                 )
             except StreamError:
                 writer.wait()
+                why = _writer_interruption(output)
+                if why is not None and why.startswith("stopped by signal"):
+                    # Ctrl-C or a hang-up reaches the whole process group: the writer may
+                    # act on it before this process does. An interruption, not a failure.
+                    raise KeyboardInterrupt(why) from None
                 raise writer.error("the writer process stopped during the stream") from None
             except BaseException:
                 writer.terminate()  # it flushes what it has: complete false
@@ -267,6 +272,17 @@ def acquire(
         if ipc_dir is not None:
             shutil.rmtree(ipc_dir, ignore_errors=True)
     return open_movie(output)
+
+
+def _writer_interruption(store: Path) -> str | None:
+    """Why the writer stopped before the end of the stream, as it recorded
+    it in the store's metadata (``interrupted``); None when it recorded none."""
+    try:
+        with open(store / "zarr.json", encoding="utf-8") as fh:
+            why = json.load(fh)["attributes"]["trackflow"].get("interrupted")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return why if isinstance(why, str) else None
 
 
 def _frames_written(store: Path) -> int | None:
