@@ -241,7 +241,9 @@ def test_trackflow_acquire_live_locate(tmp_path):
 
 def test_the_follower_stops_when_its_acquisition_dies(tmp_path):
     """A follower whose parent is killed outright (SIGKILL, no clean-up)
-    must not poll for a store that will never be complete."""
+    must not poll for a store that will never be complete, even when the
+    parent dies before the follower has finished importing (CI met that
+    race: the follower, adopted by then, took its new parent for its own)."""
     import os
     import signal
     import subprocess
@@ -250,14 +252,14 @@ def test_the_follower_stops_when_its_acquisition_dies(tmp_path):
 
     store = tmp_path / "movie.ome.zarr"
     script = (
-        "import json, subprocess, sys, time; from pipeline.live.locate import _CHILD; "
-        f"p = subprocess.Popen([sys.executable, '-c', _CHILD, json.dumps({{'store': {str(store)!r}, 'params': {PARAMS!r}}})]); "
+        "import json, os, subprocess, sys, time; from pipeline.live.locate import _CHILD; "
+        f"config = json.dumps({{'store': {str(store)!r}, 'params': {PARAMS!r}, 'parent_pid': os.getpid()}}); "
+        "p = subprocess.Popen([sys.executable, '-c', _CHILD, config]); "
         "print(p.pid, flush=True); time.sleep(60)"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
-    time.sleep(1)
-    os.kill(parent.pid, signal.SIGKILL)
+    os.kill(parent.pid, signal.SIGKILL)  # at once: the follower is still importing
     parent.wait()
     for _ in range(50):
         try:

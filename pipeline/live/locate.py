@@ -267,7 +267,13 @@ def follow(store: str | os.PathLike, params: Mapping[str, Any] | None, *, poll_s
     return path
 
 
-_CHILD = "import sys; from pipeline.live.locate import _main; sys.exit(_main(sys.argv[1:]))"
+# The parent's pid is read before the imports: a parent killed while they
+# run (a second or more on a loaded machine) would otherwise go unnoticed, the
+# follower already adopted by another process when it first asked.
+_CHILD = (
+    "import os, sys; parent = os.getppid(); from pipeline.live.locate import _main; "
+    "sys.exit(_main(sys.argv[1:], parent=parent))"
+)
 
 
 @contextlib.contextmanager
@@ -308,7 +314,8 @@ def live_locate(
         return
     # the follower logs where this process does (a Snakemake job's log file)
     log_file = next((h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
-    config = json.dumps({"store": str(store), "params": dict(params or {}), "nice": int(nice), "log_file": log_file})
+    config = json.dumps({"store": str(store), "params": dict(params or {}), "nice": int(nice), "log_file": log_file,
+                         "parent_pid": os.getpid()})
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, config], stdin=subprocess.DEVNULL)
     try:
         yield
@@ -338,15 +345,18 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def _main(argv: list[str]) -> int:
-    """The follower process (:data:`_CHILD`): :func:`follow` with a JSON config."""
+def _main(argv: list[str], parent: int | None = None) -> int:
+    """The follower process (:data:`_CHILD`): :func:`follow` with a JSON
+    config, for as long as its parent (the config's ``parent_pid``, else
+    ``parent``, the parent it was started by) lives."""
     config = json.loads(argv[0])
+    # the acquire process: if it dies outright, this one stops too
+    parent = int(config.get("parent_pid") or parent or os.getppid())
     logging.basicConfig(
         filename=config.get("log_file"), level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
     )
     with contextlib.suppress(OSError):
         os.nice(int(config.get("nice", 0)))
-    parent = os.getppid()  # the acquire process: if it dies outright, this one stops too
     try:
         follow(config["store"], config["params"], start_timeout_s=config.get("start_timeout_s"),
                alive=lambda: os.getppid() == parent)
