@@ -267,13 +267,7 @@ def follow(store: str | os.PathLike, params: Mapping[str, Any] | None, *, poll_s
     return path
 
 
-# The parent's pid is read before the imports: a parent killed while they
-# run (a second or more on a loaded machine) would otherwise go unnoticed, the
-# follower already adopted by another process when it first asked.
-_CHILD = (
-    "import os, sys; parent = os.getppid(); from pipeline.live.locate import _main; "
-    "sys.exit(_main(sys.argv[1:], parent=parent))"
-)
+_CHILD = "import sys; from pipeline.live.locate import _main; sys.exit(_main(sys.argv[1:]))"
 
 
 @contextlib.contextmanager
@@ -345,13 +339,14 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def _main(argv: list[str], parent: int | None = None) -> int:
+def _main(argv: list[str]) -> int:
     """The follower process (:data:`_CHILD`): :func:`follow` with a JSON
-    config, for as long as its parent (the config's ``parent_pid``, else
-    ``parent``, the parent it was started by) lives."""
+    config, for as long as its parent (the config's ``parent_pid``) lives."""
     config = json.loads(argv[0])
-    # the acquire process: if it dies outright, this one stops too
-    parent = int(config.get("parent_pid") or parent or os.getppid())
+    # the acquire process: if it dies outright, this one stops too. Its pid comes
+    # with the config: asked after the imports (a second or more on a loaded
+    # machine), os.getppid() may already name whoever adopted this process.
+    parent = int(config.get("parent_pid") or os.getppid())
     logging.basicConfig(
         filename=config.get("log_file"), level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
     )
