@@ -340,7 +340,8 @@ def _sigma2_estimates(sizes: pd.DataFrame, ndim: int, R: float) -> tuple[np.ndar
     return use, own, v
 
 
-def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float) -> tuple[np.ndarray, dict[str, float]]:
+def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float,
+                  negative: bool = False) -> tuple[np.ndarray, dict[str, float]]:
     """Each track's localization variance: its own covariance estimate
     shrunk towards the sample's ``sigma2`` by how much the tracks' σ truly
     differ (a random-effects model, DerSimonian & Laird 1986).
@@ -354,13 +355,18 @@ def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float) -> tu
     ``sigma2``, Walker's model; on bulk_water, whose dim and defocused
     tracks have several times the error of sharp ones, the precise tracks
     take about their own. Tracks with fewer than 2 pairs keep ``sigma2``.
+    ``negative``: σ² below zero is kept, not clipped (the variance offset of
+    steps over several frames, where positions smoothed in time act as
+    more blur; see :mod:`pipeline.size.lag`).
 
     Returns
     -------
     (σ²_j per row of ``sizes``, {"heterogeneity": Q/(n − 1), "tau2_um4": τ²})
     """
     use, own, v_all = _sigma2_estimates(sizes, ndim, R)
-    base = max(float(sigma2), 0.0) if np.isfinite(sigma2) else 0.0
+    base = float(sigma2) if np.isfinite(sigma2) else 0.0
+    base = base if negative else max(base, 0.0)
+    floor = -np.inf if negative else 0.0
     out = np.full(len(sizes), base)
     if use.sum() < 3:
         return out, {"heterogeneity": float("nan"), "tau2_um4": 0.0}
@@ -371,7 +377,7 @@ def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float) -> tu
     n = int(use.sum())
     tau2 = max(0.0, (Q - (n - 1)) / (w.sum() - np.sum(w**2) / w.sum()))
     if tau2 > 0:
-        out[use] = np.clip(base + tau2 / (tau2 + v) * (own[use] - base), 0.0, None)
+        out[use] = np.clip(base + tau2 / (tau2 + v) * (own[use] - base), floor, None)
     return out, {"heterogeneity": Q / (n - 1), "tau2_um4": tau2}
 
 

@@ -31,6 +31,7 @@ from .distribution import (
     grid_quantiles,
 )
 from .ensemble import ensemble_msd, fit_powerlaw, msd_slope_D
+from .lag import choose_step_lag, lag_phases, phase_track, step_correlation
 from .parameters import check_params
 from .steps import track_steps
 from .mislinks import jump_log_density, jump_responsibilities, step_log_likelihood, weighted_dispersion
@@ -128,19 +129,41 @@ def size_tracks(
     R = blur_factor(exposure_s, dt)
     notes: list[str] = []
 
-    ndim = len(position_columns(tracks))
+    pos = position_columns(tracks)
+    ndim = len(pos)
     grid = diameter_grid(p["grid_min_nm"], p["grid_max_nm"], p["grid_points"])
-    conditions = dict(frame_interval_s=dt, temperature_K=T, viscosity_Pa_s=eta, grid_nm=grid, ndim=ndim, R=R)
-    steps = _single_frame_steps(tracks, p, pixel_size_um)
+    frame_steps = _track_steps(tracks, p, pixel_size_um)
+    correlation = step_correlation(frame_steps)
+    if p["step_lag"] == "auto":
+        lag, lag_reason = choose_step_lag(correlation)
+    else:
+        lag, lag_reason = int(p["step_lag"]), "given (size.step_lag)"
+    # Steps over `lag` frames: every track taken every lag-th frame from each
+    # of its first lag frames, the flow already subtracted, read as a movie
+    # of lag x the frame interval; a track's phases share one likelihood row.
+    lag_tracks = lag_phases(frame_steps, lag, pos) if lag > 1 else tracks
+    step_dt = lag * dt
+    step_R = blur_factor(exposure_s, step_dt)
+    conditions = dict(frame_interval_s=step_dt, temperature_K=T, viscosity_Pa_s=eta, grid_nm=grid, ndim=ndim,
+                      R=step_R)
+    steps = _single_frame_steps(_track_steps(lag_tracks, p, pixel_size_um) if lag > 1 else frame_steps)
 
     def estimate(jumps, notes, final, start=None):
         sizes, counts = _track_sizes(
-            tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=dt, exposure_s=exposure_s,
-            temperature_K=T, viscosity_Pa_s=eta, notes=notes, exclude_steps=jumps,
+            lag_tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=step_dt, exposure_s=exposure_s,
+            temperature_K=T, viscosity_Pa_s=eta, notes=notes if lag == 1 else [], exclude_steps=jumps,
         )
-        localization = _localization_error(sizes, counts, p, R, exposure_s)
-        fit = _distribution_fit(sizes, steps, p, notes, final=final, start=start,
-                                sigma_um=localization["sigma_um"], **conditions)
+        localization = _localization_error(sizes, counts, p, step_R, exposure_s)
+        groups = phase_track(sizes["particle"].to_numpy(), lag) if lag > 1 else None
+        # Over several frames, positions smoothed in time lower a step's
+        # variance as more blur would: the offset 2σ² − 4R·DΔt, which is all
+        # the steps tell of σ and R, may then sit below the exposure's blur,
+        # so σ² is used as estimated, below zero too, not clipped at 0.
+        sigma2 = localization["sigma_um"] ** 2
+        if lag > 1 and np.isfinite(localization["sigma2_um2"]):
+            sigma2 = localization["sigma2_um2"]
+        fit = _distribution_fit(sizes, steps, p, notes, final=final, start=start, sigma2_um2=sigma2,
+                                negative_sigma2=lag > 1, groups=groups, **conditions)
         return sizes, counts, localization, fit
 
     # Rounds of (per-track estimates without the jumps, the distribution,
@@ -162,11 +185,26 @@ def size_tracks(
     fit["model_rounds"] = rounds
     fit["n_jump_steps"] = int(jumps.sum())
     phi_hat = fit.get("step_dispersion_estimate")
-    fit["frame_timing"] = frame_timing(steps, jumps, phi_hat if phi_hat and np.isfinite(phi_hat) else 1.0)
+    # the clock is the movie's: its single-frame steps (the jumps found
+    # among steps over several frames are not theirs)
+    timing_steps, timing_jumps = (steps, jumps) if lag == 1 else (
+        _single_frame_steps(frame_steps), np.zeros(0, dtype=bool))
+    fit["frame_timing"] = frame_timing(timing_steps, timing_jumps, phi_hat if phi_hat and np.isfinite(phi_hat) else 1.0)
     if pooled_all_steps is None:
         pooled_all_steps = counts["pooled_D_um2_s"]
+    pooled_lag_D = None
+    if lag > 1:
+        # the cross-checks' pooled estimate stays that of all single-frame steps
+        _, frame_counts = _track_sizes(
+            tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=dt, exposure_s=exposure_s,
+            temperature_K=T, viscosity_Pa_s=eta, notes=[],
+        )
+        pooled_lag_D, pooled_all_steps = pooled_all_steps, frame_counts["pooled_D_um2_s"]
     sigma = localization["sigma_um"]
     sizes["posterior_diameter_nm"] = fit["posterior"]
+    if lag > 1:
+        sizes, counts = _merge_phases(sizes, counts, frame_steps, lag, p, notes, temperature_K=T,
+                                      viscosity_Pa_s=eta)
     naive_d = sizes["diameter_nm"].to_numpy()
     figures, n_naive = _figures(grid, fit["weights"], naive_d, notes)
     concentration = _concentration(tracks, p, field_of_view_um2, n_frames, notes)
@@ -176,10 +214,13 @@ def size_tracks(
     )
     msd = _ensemble_msd(tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=dt)
     cross_checks = _cross_checks(pooled_all_steps, msd["emsd_D_um2_s"], figures, p, T, eta,
-                                 pooled_without_jumps_D=counts["pooled_D_um2_s"] if jumps.any() else None)
+                                 pooled_without_jumps_D=counts["pooled_D_um2_s"] if jumps.any() else None,
+                                 pooled_step_lag_D=pooled_lag_D)
+    step_lag = {"frames": lag, "source": "auto" if p["step_lag"] == "auto" else "given", "reason": lag_reason,
+                "interval_s": step_dt, "blur_R": step_R, "correlation": correlation}
     qc = _qc_flags(localization, cross_checks, counts,
                    {**figures, "grid_min_nm": p["grid_min_nm"], "grid_max_nm": p["grid_max_nm"]},
-                   fit, n_valid=fit["n_valid"], outlier_p=p["outlier_p"])
+                   fit, n_valid=fit["n_valid"], outlier_p=p["outlier_p"], step_lag=step_lag)
 
     summary: dict[str, Any] = {
         **figures,
@@ -198,6 +239,7 @@ def size_tracks(
         "frame_interval_s": dt,
         "exposure_s": exposure_s,
         "blur_R": R,
+        "step_lag": step_lag,
         "ndim": ndim,
         "pixel_size_um": [float(v) for v in pixel_sizes(pixel_size_um, ndim)],
         "method": p["method"],
@@ -247,12 +289,16 @@ def size_tracks(
     return sizes, distribution, summary
 
 
-def _single_frame_steps(tracks: pd.DataFrame, p, pixel_size_um) -> dict[str, np.ndarray]:
+def _track_steps(tracks: pd.DataFrame, p, pixel_size_um) -> dict[str, Any]:
+    """:func:`~pipeline.size.steps.track_steps` with the section's settings."""
+    return track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=p["subtract_flow"],
+                       outlier_p=p["outlier_p"], remove_outliers=p["remove_outliers"])
+
+
+def _single_frame_steps(st: dict[str, Any]) -> dict[str, np.ndarray]:
     """The squared single-frame steps (``sq``, µm²) with their ``particle``,
     and ``ok``: which of :func:`~pipeline.size.steps.track_steps`'s steps
     they are (the likelihood scores them one by one)."""
-    st = track_steps(tracks, pixel_size_um=pixel_size_um, subtract_flow=p["subtract_flow"],
-                     outlier_p=p["outlier_p"], remove_outliers=p["remove_outliers"])
     ok = st["step_ok"]
     vec = st["steps"][ok]
     # the previous single-frame step of the same track, adjacent (-1: none)
@@ -328,7 +374,7 @@ def _localization_error(sizes: pd.DataFrame, counts: dict[str, Any], p, R: float
 
 
 def _distribution_fit(sizes: pd.DataFrame, steps: dict[str, np.ndarray], p, notes, *, final: bool = True,
-                      start=None, **conditions) -> dict[str, Any]:
+                      start=None, groups: np.ndarray | None = None, **conditions) -> dict[str, Any]:
     """The maximum-likelihood size distribution over ``conditions["grid_nm"]``
     (``size.distribution``: EMS on the per-track covariance estimates, or
     Walker's EM on the mean squared steps), each track's posterior mean
@@ -342,6 +388,12 @@ def _distribution_fit(sizes: pd.DataFrame, steps: dict[str, np.ndarray], p, note
     ``step_dispersion``, ...), with ``jump_steps``: which of ``steps["ok"]``'s
     steps are more likely jumps than not. Not ``final``: Walker's EM only
     (no smoothing, no intervals), for the rounds that find the jumps.
+
+    ``groups`` (per row of ``sizes``): rows that are one track seen at
+    several phases (:func:`~pipeline.size.lag.lag_phases`) share one row of
+    the likelihood, the mean of their log-likelihoods, so that each track
+    counts once in the fit, its smoothing and its bootstrap; ``n_valid``
+    then counts tracks, not rows.
     """
     grid = conditions["grid_nm"]
     m = sizes["mean_sq_step_um2"].to_numpy()
@@ -361,6 +413,10 @@ def _distribution_fit(sizes: pd.DataFrame, steps: dict[str, np.ndarray], p, note
     P, model, jump_probability = _likelihood(valid, steps, p, start=start, **conditions)
     out.update(model)
     out["jump_steps"] = jump_probability > 0.5
+    row_of = np.arange(len(valid))
+    if groups is not None:
+        P, row_of = _composite_rows(P, np.asarray(groups)[usable])
+        out["n_valid"] = int(P.shape[0])
     width = 0.0  # Walker's EM
     if p["distribution"] == "ems" and final:
         width = p["smoothing"]
@@ -375,12 +431,64 @@ def _distribution_fit(sizes: pd.DataFrame, steps: dict[str, np.ndarray], p, note
     out["weights"] = weights
     joint = P * weights[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["posterior"][usable] = (joint @ grid) / joint.sum(axis=1)
+        out["posterior"][usable] = ((joint @ grid) / joint.sum(axis=1))[row_of]
     if final and p["n_bootstrap"] > 0 and usable.sum() > 1:
         out["mode_ci"], out["d50_ci"] = _bootstrap_intervals(P, weights, grid, width, p)
     if not out["converged"]:
         notes.append(f"the {p['distribution']} fit stopped at size.max_iter={p['max_iter']} before reaching size.tol")
     return out
+
+
+def _composite_rows(P: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One likelihood row per group: the mean of its rows' log-likelihoods
+    (a composite likelihood with weight 1/n per row, so that n overlapping
+    views of one track weigh as one track), and each row's group row."""
+    codes, row_of = np.unique(groups, return_inverse=True)
+    with np.errstate(divide="ignore"):
+        logP = np.log(np.maximum(P, 1e-300))
+    summed = np.zeros((codes.size, P.shape[1]))
+    np.add.at(summed, row_of, logP)
+    mean = summed / np.bincount(row_of)[:, None]
+    mean -= mean.max(axis=1, keepdims=True)
+    return np.exp(mean), row_of
+
+
+def _merge_phases(sizes: pd.DataFrame, counts: dict[str, Any], frame_steps: dict[str, Any], lag: int, p,
+                  notes: list[str], *, temperature_K: float, viscosity_Pa_s: float):
+    """The per-track table of :func:`~pipeline.size.lag.lag_phases`' tracks
+    as one row per track: its steps and pairs over all phases summed, D and
+    σ² their mean weighted by steps (the covariance estimate of all the
+    track's ``lag``-frame steps), the frames its own; and the counts of
+    tracks in and too short, in tracks."""
+    code = phase_track(sizes["particle"].to_numpy(), lag)
+    w = sizes["n_steps"].to_numpy(dtype=float)
+    table = sizes.assign(_code=code, _w=w)
+    numeric = ["D_um2_s", "sigma2_um2", "mean_sq_step_um2"]
+    for col in numeric:
+        table[col] = table[col] * table["_w"]
+    summed = table.groupby("_code", sort=True)
+    merged = summed[["n_steps", "n_pairs", "n_outlier_steps", *numeric, "_w"]].sum(min_count=1)
+    for col in numeric:
+        merged[col] = merged[col] / merged["_w"]
+    merged["posterior_diameter_nm"] = summed["posterior_diameter_nm"].first()
+    codes = merged.index.to_numpy()
+    ids = frame_steps["ids"]
+    bounds = np.r_[0, np.flatnonzero(np.diff(frame_steps["code"])) + 1]
+    first, last = frame_steps["frame"][bounds], frame_steps["frame"][np.r_[bounds[1:] - 1, frame_steps["frame"].size - 1]]
+    merged.insert(0, "particle", ids[codes])
+    merged.insert(1, "first_frame", first[codes])
+    merged.insert(2, "last_frame", last[codes])
+    merged["sigma_um"] = np.sqrt(np.clip(merged["sigma2_um2"].to_numpy(), 0.0, None))
+    merged["diameter_nm"] = stokes_einstein_diameter(merged["D_um2_s"].to_numpy(), temperature_K, viscosity_Pa_s)
+    merged = merged.drop(columns="_w").reset_index(drop=True)
+    merged = merged[[c for c in sizes.columns if c in merged.columns]]
+    n_in = len(ids)
+    n_short = n_in - len(merged)
+    if n_short:
+        notes.append(f"{n_short} of {n_in} tracks have fewer than {p['min_steps']} steps over {lag} frames "
+                     "at every phase (size.step_lag)")
+    return merged, {**counts, "n_tracks_in": n_in, "n_tracks_short": n_short, "n_tracks_sized": len(merged),
+                    "n_tracks_outliers": int((merged["n_outlier_steps"] > 0).sum())}
 
 
 def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p, start=None,
@@ -407,11 +515,11 @@ def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p, start=None
     grid = conditions["grid_nm"]
     ndim, dt, R = conditions["ndim"], conditions["frame_interval_s"], conditions["R"]
     T, eta = conditions["temperature_K"], conditions["viscosity_Pa_s"]
-    s2_all = conditions["sigma_um"] ** 2
+    s2_all = conditions["sigma2_um2"]
     k = valid["n_steps"].to_numpy(dtype=float)
     pairs = valid["n_pairs"].to_numpy(dtype=float)
     if p["distribution"] == "ems" and p["sigma_um"] is None:
-        s2, spread = shrunk_sigma2(valid, ndim, R, s2_all)
+        s2, spread = shrunk_sigma2(valid, ndim, R, s2_all, negative=conditions["negative_sigma2"])
     else:
         s2, spread = np.full(len(valid), s2_all), {"heterogeneity": None, "tau2_um4": None}
     s2 = s2[:, None]
@@ -420,7 +528,16 @@ def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p, start=None
     theta = 2.0 * ndim * per_axis
     # adjacent steps correlate through noise and blur: Walker's moment-matched
     # shape over the independent-steps one
-    rho = -(s2 - 2.0 * R * D * dt) / (2.0 * per_axis)
+    # (|ρ| <= 1/2 for noise and blur; a σ² below zero, over several frames,
+    # would otherwise temper away the likelihood where it is implausible)
+    rho = np.clip(-(s2 - 2.0 * R * D * dt) / (2.0 * per_axis), -0.5, 0.5)
+    if conditions["negative_sigma2"]:
+        # one temper per track, at its own D: a factor that changes along the
+        # grid reshapes the likelihood, and with σ² below zero it changes fast
+        own = np.asarray(valid["D_um2_s"], dtype=float)
+        own = np.where(np.isfinite(own) & (own > 0), own, np.nanmedian(np.where(own > 0, own, np.nan)))
+        at = np.clip(np.searchsorted(-D[0], -own), 0, D.shape[1] - 1)  # D falls along the grid
+        rho = rho[np.arange(len(valid)), at][:, None]
     temper = k[:, None] / (k[:, None] + 2.0 * pairs[:, None] * rho**2)
     rows = np.searchsorted(valid["particle"].to_numpy(), steps["particle"])
     in_fit = rows < len(valid)
@@ -687,11 +804,12 @@ def _ensemble_msd(tracks: pd.DataFrame, p, *, pixel_size_um, frame_interval_s) -
 
 
 def _cross_checks(pooled_D, emsd_D, figures, p, temperature_K, viscosity_Pa_s,
-                  pooled_without_jumps_D=None) -> dict[str, Any]:
+                  pooled_without_jumps_D=None, pooled_step_lag_D=None) -> dict[str, Any]:
     """The sample's size five ways: from the covariance estimator pooled over
     all steps, from the ensemble-MSD slope, and the distribution's mode,
     mean and D50 (and, when the mislink model found jumps, the pooled
-    estimate without them); the largest relative difference from the pooled
+    estimate without them; when the steps span several frames, the pooled
+    estimate over those steps); the largest relative difference from the pooled
     estimate, and whether it is within ``size.crosscheck_tolerance``. For a
     monodisperse sample all agree; a broad or multimodal one, mislinks, or a
     distribution the estimator got wrong make them differ."""
@@ -708,6 +826,8 @@ def _cross_checks(pooled_D, emsd_D, figures, p, temperature_K, viscosity_Pa_s,
     }
     if pooled_without_jumps_D is not None:
         sizes["pooled_cve_without_jumps_nm"] = size(pooled_without_jumps_D)
+    if pooled_step_lag_D is not None:
+        sizes["pooled_cve_step_lag_nm"] = size(pooled_step_lag_D)
     ref = sizes["pooled_cve_nm"]
     deviations = [abs(v / ref - 1.0) for k, v in sizes.items() if k != "pooled_cve_nm" and v and ref]
     worst = max(deviations) if deviations else None
@@ -722,7 +842,7 @@ def _cross_checks(pooled_D, emsd_D, figures, p, temperature_K, viscosity_Pa_s,
 
 
 def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
-              outlier_p: float) -> list[dict[str, str]]:
+              outlier_p: float, step_lag: dict[str, Any]) -> list[dict[str, str]]:
     """What a user must know before publishing these sizes: each flag a
     ``code``, a ``level`` (``warning``: the figures may be wrong; ``info``:
     how they were made) and a ``message`` with the figures and what to do."""
@@ -736,17 +856,31 @@ def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
              "the exposure time is not recorded, so motion blur is taken as none (R = 0); a camera that "
              "exposes the whole frame interval has R = 1/6: set exposure_s in the run's settings")
     pooled, se = localization["pooled_sigma2_um2"], localization["pooled_sigma2_se_um2"]
-    if np.isfinite(pooled) and pooled < -2.0 * se:  # below zero by more than its noise
+    if np.isfinite(pooled) and pooled < -2.0 * se and step_lag["frames"] > 1:
+        # over several frames the variance's offset 2σ² − 4R·DΔt is what is measured, and positions
+        # smoothed in time lower it as more blur would: no sign of a wrong exposure
+        flag("negative_localization_variance", "info",
+             f"the localization variance pooled over all steps of {step_lag['frames']} frames is negative "
+             f"({pooled:.3g} ± {se:.2g} µm²), as positions smoothed in time make it (steps_correlated)")
+    elif np.isfinite(pooled) and pooled < -2.0 * se:  # below zero by more than its noise
         flag("negative_localization_variance", "warning",
              f"the localization variance pooled over all steps is negative ({pooled:.3g} ± {se:.2g} µm²): motion blur is "
              f"not accounted for (R = {localization['blur_R']:.3g}); check exposure_s "
              "(R = exposure / (6 × frame interval))")
     s2 = localization["sigma2_um2"]
     if localization["source"].startswith("estimated") and np.isfinite(s2) and s2 < -2.0 * se:
-        flag("localization_error_zero", "warning",
-             f"the typical track's localization variance comes out below zero ({s2:.3g} µm²) and σ = 0 "
-             "was used for the distribution: the blur factor is likely wrong (exposure_s), or give a known "
-             "size.sigma_um")
+        if step_lag["frames"] > 1:
+            # over several frames the variance's offset 2σ² − 4R·DΔt is what is measured, and positions
+            # smoothed in time lower it as more blur would: no sign of a wrong exposure
+            flag("localization_error_zero", "info",
+                 f"over steps of {step_lag['frames']} frames the typical track's localization variance comes out "
+                 f"below zero ({s2:.3g} µm²), as positions smoothed in time make it (steps_correlated), and σ = 0 "
+                 "was used: on such steps the localization error is a small part of a step's variance")
+        else:
+            flag("localization_error_zero", "warning",
+                 f"the typical track's localization variance comes out below zero ({s2:.3g} µm²) and σ = 0 "
+                 "was used for the distribution: the blur factor is likely wrong (exposure_s), or give a known "
+                 "size.sigma_um")
     peaks = figures.get("walker_peaks_nm") or []
     grid_ends = (figures.get("grid_min_nm"), figures.get("grid_max_nm"))
     if peaks and any(end and abs(peaks[0] / end - 1) < 0.02 for end in grid_ends):
@@ -796,6 +930,28 @@ def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
              "the usual, as if those intervals were that much longer or shorter. A camera or a video conversion "
              "that drops, repeats or blends frames does this; sizes assume the nominal frame interval, and the "
              "distribution is widened by the extra scatter (step dispersion)")
+    lag, corr = step_lag["frames"], step_lag["correlation"]
+    if corr["tail"]:
+        rho = ", ".join(f"ρ{k} = {v:.3f}" for k, v in enumerate(corr["rho"][:4], start=1))
+        low = 2.0 * corr["tail"][0] / max(corr["total"], 1e-9)
+        seen = (f"single-frame steps are correlated two or more frames apart ({rho}; Σ beyond one frame "
+                f"{corr['tail'][0]:.3f} ± {corr['tail_se'][0]:.3f}), so single-frame steps read D "
+                f"{100 * low:.0f} % low: positions smoothed in time (a camera's frame blending or noise filter, "
+                "compressed video predicting frames from their neighbours) or a residual flow")
+        correlated = step_lag["source"] == "auto" and lag > 1 or \
+            step_lag["source"] == "given" and choose_step_lag(corr)[0] > 1
+        if correlated and lag > 1:
+            flag("steps_correlated", "warning",
+                 f"{seen}. Sizes are read from steps over {lag} frames ({step_lag['interval_s']:.4g} s; "
+                 f"size.step_lag: {step_lag['source']}), each track taken every {lag}th frame, where the rest of "
+                 "the correlation is too small to matter; the cross-checks' pooled estimate is still that of "
+                 "the single-frame steps")
+        elif correlated:
+            flag("steps_correlated", "warning",
+                 f"{seen}. Sizes were read from single-frame steps (size.step_lag: 1) and come out too large; "
+                 "size.step_lag: auto reads them over as many frames as the correlation needs")
+    if lag > 1 and step_lag["source"] == "given":
+        flag("step_lag_given", "info", f"sizes are read from steps over {lag} frames (size.step_lag: {lag})")
     cut = fit.get("truncation")
     if cut and cut["expected_beyond"] > TRUNCATED_EXPECTED_BEYOND:
         flag("steps_truncated", "warning",
@@ -808,7 +964,8 @@ def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
     eps = fit.get("jump_fraction")
     if eps is not None and fit.get("n_jump_steps"):
         flag("mislinked_steps", "warning" if eps > MISLINK_FLAG_FRACTION else "info",
-             f"{fit['n_jump_steps']} single-frame steps ({100 * eps:.1f} % of steps by the fitted jump "
+             f"{fit['n_jump_steps']} {'single-frame steps' if step_lag['frames'] == 1 else 'steps'} "
+             f"({100 * eps:.1f} % of steps by the fitted jump "
              "fraction) are more likely jumps (a link to a neighbour, a mislocalized spot) than Brownian "
              "steps: they were scored as jumps and left out of the covariance estimates"
              + ("; that many suggests the link search range is too large or the particles too dense"
