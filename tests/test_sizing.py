@@ -682,16 +682,21 @@ def test_step_dispersion_is_one_for_brownian_steps_and_flags_frozen_particles():
         for k in np.flatnonzero(rng.random(30) < 0.25):
             if k > 0:
                 frozen[track, k] = frozen[track, k - 1]
-    f = _size(tracks_table(frozen))
+    f = _size(tracks_table(frozen), step_lag=1)
     assert f["step_dispersion_estimate"] > 1.5 and f["step_dispersion"] == f["step_dispersion_estimate"]
     (flag,) = [q for q in f["qc"] if q["code"] == "steps_overdispersed"]
     assert flag["level"] == "warning" and "compressed video" in flag["message"]
     # widened by φ, the distribution does not read the scatter as polydispersity: one peak near 300 nm
-    # (not unbiased: the freezes hide the blur's covariance, so σ comes out high, and catch-ups after two
-    # frozen frames still pass for jumps; measured 390 nm, and 327 nm with size.mislink_model: false)
+    # (not unbiased from single-frame steps: the freezes hide the blur's covariance, so σ comes out high,
+    # and catch-ups after two frozen frames still pass for jumps; measured 388 nm)
     assert len(f["walker_peaks_nm"]) == 1 and f["mode_nm"] == pytest.approx(300.0, rel=0.35)
-    fixed = _size(tracks_table(frozen), step_dispersion=1)
+    fixed = _size(tracks_table(frozen), step_dispersion=1, step_lag=1)
     assert fixed["step_dispersion"] == 1.0
+    # two freezes in a row correlate steps two frames apart: by default the sizes are read from steps
+    # over two frames, and come out right (measured 299 nm)
+    auto = _size(tracks_table(frozen))
+    assert auto["step_lag"]["frames"] == 2 and "steps_correlated" in {q["code"] for q in auto["qc"]}
+    assert auto["mode_nm"] == pytest.approx(300.0, rel=0.05)
 
 
 def test_ems_gives_noisy_tracks_their_own_localization_error():

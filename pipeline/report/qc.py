@@ -22,7 +22,7 @@ QC_KEYS = {
     "qc", "cross_checks", "localization", "sigma_um", "sigma_source", "blur_R", "exposure_s",
     "dropped_frames", "n_frames", "n_tracks_in", "n_tracks_short", "n_tracks_outliers",
     "sigma_heterogeneity", "step_dispersion_estimate", "step_dispersion", "jump_rule", "n_jump_steps",
-    "jump_fraction",
+    "jump_fraction", "step_lag",
 }
 # the refine stage's fit_status values
 _FITTED, _FAILED = "fitted", "failed"
@@ -77,9 +77,15 @@ def _localization(data: RunData) -> list[tuple[str, str, str]]:
         ("localization error σ (nm)", fmt(None if sigma is None else sigma * 1e3, ".1f"),
          str(loc.get("source", s.get("sigma_source")) or NA)),
     ]
+    lag = s.get("step_lag") if isinstance(s.get("step_lag"), Mapping) else {}
+    frames = lag.get("frames", 1)
     if pooled is not None:
         rows.append(("pooled localization variance σ² (nm²)", fmt(pooled * 1e6, ".4g"),
-                     "covariance estimator over all single-frame steps"))
+                     "covariance estimator over all single-frame steps" if frames == 1 else
+                     f"covariance estimator over all steps of {frames} frames"))
+    if lag:
+        rows.append(("frames per step", str(frames), f"size.step_lag: {lag.get('source', NA)}; "
+                     + str(lag.get("reason") or NA)))
     spread = finite_number(s.get("sigma_heterogeneity"))
     if spread is not None:
         rows.append(("spread of the tracks' σ (Q / (n − 1))", fmt(spread, ".3g"),

@@ -268,6 +268,11 @@ def msd_fit(
 #: Tracks with fewer single-frame steps do not enter the dispersion estimate
 #: (their own mean is too close to each step).
 DISPERSION_MIN_STEPS = 5
+#: When the tracks' σ² differ beyond chance (Cochran's Q at this p-value),
+#: a track's shrunk localization variance stays within LIMITED_TRANSLATION
+#: of its own estimate's standard errors (:func:`shrunk_sigma2`).
+HETEROGENEITY_P = 1e-3
+LIMITED_TRANSLATION = 1.0
 
 
 def step_dispersion(moments: pd.DataFrame, ndim: int, min_steps: float = DISPERSION_MIN_STEPS) -> tuple[float, float]:
@@ -354,7 +359,13 @@ def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float,
     about n − 1, as on simulated tracks, where τ² = 0) every track takes
     ``sigma2``, Walker's model; on bulk_water, whose dim and defocused
     tracks have several times the error of sharp ones, the precise tracks
-    take about their own. Tracks with fewer than 2 pairs keep ``sigma2``.
+    take about their own. When Q says the tracks differ beyond chance, no
+    track moves by more than one standard error of its own estimate
+    (limited translation, Efron & Morris 1972): the normal random-effects
+    model takes bulk_water's few defocused tracks, with tens of times the
+    typical σ², for noise, and shrunk to the sample's σ their noise passes
+    for fast motion (a peak at 0.2-0.4 µm, 5 % of the tracks). Tracks with
+    fewer than 2 pairs keep ``sigma2``.
     ``negative``: σ² below zero is kept, not clipped (the variance offset of
     steps over several frames, where positions smoothed in time act as
     more blur; see :mod:`pipeline.size.lag`).
@@ -376,8 +387,17 @@ def shrunk_sigma2(sizes: pd.DataFrame, ndim: int, R: float, sigma2: float,
     Q = float(np.sum(w * (own[use] - mean) ** 2))
     n = int(use.sum())
     tau2 = max(0.0, (Q - (n - 1)) / (w.sum() - np.sum(w**2) / w.sum()))
-    if tau2 > 0:
-        out[use] = np.clip(base + tau2 / (tau2 + v) * (own[use] - base), floor, None)
+    shrunk = base + tau2 / (tau2 + v) * (own[use] - base)
+    if stats.chi2.sf(Q, n - 1) < HETEROGENEITY_P:
+        # The tracks truly differ. Limited translation (Efron & Morris 1972):
+        # no track moves by more than LIMITED_TRANSLATION of its own standard
+        # errors, so that the few tracks far noisier than the rest (defocused
+        # particles), which the normal random-effects model takes for noise,
+        # keep most of their error. Where they do not differ (simulated
+        # tracks), all take the sample's σ², Walker's model.
+        reach = LIMITED_TRANSLATION * np.sqrt(v)
+        shrunk = np.clip(shrunk, own[use] - reach, own[use] + reach)
+    out[use] = np.clip(shrunk, floor, None)
     return out, {"heterogeneity": Q / (n - 1), "tau2_um4": tau2}
 
 

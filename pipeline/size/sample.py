@@ -148,6 +148,24 @@ def size_tracks(
                       R=step_R)
     steps = _single_frame_steps(_track_steps(lag_tracks, p, pixel_size_um) if lag > 1 else frame_steps)
 
+    frame_counts, excess = None, None
+    if lag > 1:
+        # The single-frame steps give the cross-checks' pooled estimate and
+        # each track's localization error beyond the sample's, which only
+        # they show: over several frames σ² is a small part of a step, and
+        # a phase's few pairs would shrink every track's to the sample's (a
+        # defocused particle's noise then passes for fast motion: a twentieth
+        # of bulk_water's tracks, as a peak at 0.4 µm).
+        frame_sizes, frame_counts = _track_sizes(
+            tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=dt, exposure_s=exposure_s,
+            temperature_K=T, viscosity_Pa_s=eta, notes=[],
+        )
+        if p["distribution"] == "ems" and p["sigma_um"] is None and len(frame_sizes):
+            base = _localization_error(frame_sizes, frame_counts, p, R, exposure_s)["sigma_um"] ** 2
+            own, spread = shrunk_sigma2(frame_sizes, ndim, R, base)
+            codes = np.searchsorted(frame_steps["ids"], frame_sizes["particle"].to_numpy())
+            excess = (pd.Series(own - base, index=codes), spread)
+
     def estimate(jumps, notes, final, start=None):
         sizes, counts = _track_sizes(
             lag_tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=step_dt, exposure_s=exposure_s,
@@ -162,8 +180,11 @@ def size_tracks(
         sigma2 = localization["sigma_um"] ** 2
         if lag > 1 and np.isfinite(localization["sigma2_um2"]):
             sigma2 = localization["sigma2_um2"]
+        track_sigma2 = None
+        if excess is not None:
+            track_sigma2 = (sigma2 + excess[0].reindex(groups).fillna(0.0).to_numpy(), excess[1])
         fit = _distribution_fit(sizes, steps, p, notes, final=final, start=start, sigma2_um2=sigma2,
-                                negative_sigma2=lag > 1, groups=groups, **conditions)
+                                negative_sigma2=lag > 1, groups=groups, track_sigma2=track_sigma2, **conditions)
         return sizes, counts, localization, fit
 
     # Rounds of (per-track estimates without the jumps, the distribution,
@@ -195,10 +216,6 @@ def size_tracks(
     pooled_lag_D = None
     if lag > 1:
         # the cross-checks' pooled estimate stays that of all single-frame steps
-        _, frame_counts = _track_sizes(
-            tracks, p, pixel_size_um=pixel_size_um, frame_interval_s=dt, exposure_s=exposure_s,
-            temperature_K=T, viscosity_Pa_s=eta, notes=[],
-        )
         pooled_lag_D, pooled_all_steps = pooled_all_steps, frame_counts["pooled_D_um2_s"]
     sigma = localization["sigma_um"]
     sizes["posterior_diameter_nm"] = fit["posterior"]
@@ -374,7 +391,8 @@ def _localization_error(sizes: pd.DataFrame, counts: dict[str, Any], p, R: float
 
 
 def _distribution_fit(sizes: pd.DataFrame, steps: dict[str, np.ndarray], p, notes, *, final: bool = True,
-                      start=None, groups: np.ndarray | None = None, **conditions) -> dict[str, Any]:
+                      start=None, groups: np.ndarray | None = None, track_sigma2=None,
+                      **conditions) -> dict[str, Any]:
     """The maximum-likelihood size distribution over ``conditions["grid_nm"]``
     (``size.distribution``: EMS on the per-track covariance estimates, or
     Walker's EM on the mean squared steps), each track's posterior mean
@@ -393,7 +411,9 @@ def _distribution_fit(sizes: pd.DataFrame, steps: dict[str, np.ndarray], p, note
     several phases (:func:`~pipeline.size.lag.lag_phases`) share one row of
     the likelihood, the mean of their log-likelihoods, so that each track
     counts once in the fit, its smoothing and its bootstrap; ``n_valid``
-    then counts tracks, not rows.
+    then counts tracks, not rows. ``track_sigma2``: (σ² per row of
+    ``sizes``, the figures of its spread) to use instead of the rows' own
+    estimates shrunk towards the sample's.
     """
     grid = conditions["grid_nm"]
     m = sizes["mean_sq_step_um2"].to_numpy()
@@ -410,7 +430,8 @@ def _distribution_fit(sizes: pd.DataFrame, steps: dict[str, np.ndarray], p, note
         notes.append("no valid tracks: no size distribution")
         return out
     valid = sizes[usable]
-    P, model, jump_probability = _likelihood(valid, steps, p, start=start, **conditions)
+    given = None if track_sigma2 is None else (np.asarray(track_sigma2[0])[usable], track_sigma2[1])
+    P, model, jump_probability = _likelihood(valid, steps, p, start=start, track_sigma2=given, **conditions)
     out.update(model)
     out["jump_steps"] = jump_probability > 0.5
     row_of = np.arange(len(valid))
@@ -491,7 +512,7 @@ def _merge_phases(sizes: pd.DataFrame, counts: dict[str, Any], frame_steps: dict
                     "n_tracks_outliers": int((merged["n_outlier_steps"] > 0).sum())}
 
 
-def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p, start=None,
+def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p, start=None, track_sigma2=None,
                 **conditions) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
     """The likelihood matrix P[j, l] of each valid track at each grid
     diameter, the figures of its model, and each of ``steps["ok"]``'s steps'
@@ -510,7 +531,8 @@ def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p, start=None
     - ``size.step_dispersion``: every track's log-likelihood divided by φ
       (``auto``: estimated from the steps, the jumps left out, never below 1).
 
-    ``start``: (ε, φ) to start the EM from (the previous round's).
+    ``start``: (ε, φ) to start the EM from (the previous round's);
+    ``track_sigma2``: (σ² per row of ``valid``, its spread figures), given.
     """
     grid = conditions["grid_nm"]
     ndim, dt, R = conditions["ndim"], conditions["frame_interval_s"], conditions["R"]
@@ -518,7 +540,9 @@ def _likelihood(valid: pd.DataFrame, steps: dict[str, np.ndarray], p, start=None
     s2_all = conditions["sigma2_um2"]
     k = valid["n_steps"].to_numpy(dtype=float)
     pairs = valid["n_pairs"].to_numpy(dtype=float)
-    if p["distribution"] == "ems" and p["sigma_um"] is None:
+    if track_sigma2 is not None:
+        s2, spread = track_sigma2
+    elif p["distribution"] == "ems" and p["sigma_um"] is None:
         s2, spread = shrunk_sigma2(valid, ndim, R, s2_all, negative=conditions["negative_sigma2"])
     else:
         s2, spread = np.full(len(valid), s2_all), {"heterogeneity": None, "tau2_um4": None}
