@@ -959,17 +959,18 @@ def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
         rho = ", ".join(f"ρ{k} = {v:.3f}" for k, v in enumerate(corr["rho"][:4], start=1))
         low = 2.0 * corr["tail"][0] / max(corr["total"], 1e-9)
         seen = (f"single-frame steps are correlated two or more frames apart ({rho}; Σ beyond one frame "
-                f"{corr['tail'][0]:.3f} ± {corr['tail_se'][0]:.3f}), so single-frame steps read D "
-                f"{100 * low:.0f} % low: positions smoothed in time (a camera's frame blending or noise filter, "
-                "compressed video predicting frames from their neighbours) or a residual flow")
+                f"{corr['tail'][0]:.3f} ± {corr['tail_se'][0]:.3f}), so that the covariance estimator on "
+                f"single-frame steps reads D about {100 * low:.0f} % low, and the likelihood, which trusts the "
+                "exposure's blur, lower still: positions smoothed in time (a camera's frame blending or noise "
+                "filter, compressed video predicting frames from their neighbours) or a residual flow")
         correlated = step_lag["source"] == "auto" and lag > 1 or \
             step_lag["source"] == "given" and choose_step_lag(corr)[0] > 1
         if correlated and lag > 1:
             flag("steps_correlated", "warning",
                  f"{seen}. Sizes are read from steps over {lag} frames ({step_lag['interval_s']:.4g} s; "
-                 f"size.step_lag: {step_lag['source']}), each track taken every {lag}th frame, where the rest of "
-                 "the correlation is too small to matter; the cross-checks' pooled estimate is still that of "
-                 "the single-frame steps")
+                 f"size.step_lag: {step_lag['source']}; each track taken every {lag} frames, from each of its "
+                 f"first {lag} frames), beyond which the rest of the correlation is too small to matter; the "
+                 "cross-checks' pooled estimate is still that of the single-frame steps")
         elif correlated:
             flag("steps_correlated", "warning",
                  f"{seen}. Sizes were read from single-frame steps (size.step_lag: 1) and come out too large; "
