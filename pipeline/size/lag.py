@@ -117,8 +117,8 @@ def step_correlation(steps: dict[str, Any], max_lag: int = STEP_CORRELATION_LAGS
     tail_se = [float(np.sqrt(np.sum(share[:, lag + 1:].sum(axis=1) ** 2))) for lag in range(1, max_lag)]
     rho_se = np.sqrt(np.sum(share**2, axis=0))
     out.update(
-        rho=[float(v) for v in rho[1:]], rho_se=[float(v) for v in rho_se[1:]], n_pairs=[int(v) for v in n_pairs[1:]], tail=tail, tail_se=tail_se,
-        total=float(1.0 + 2.0 * rho[1:].sum()),
+        rho=[float(v) for v in rho[1:]], rho_se=[float(v) for v in rho_se[1:]],
+        n_pairs=[int(v) for v in n_pairs[1:]], tail=tail, tail_se=tail_se, total=float(1.0 + 2.0 * rho[1:].sum()),
     )
     return out
 

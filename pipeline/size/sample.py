@@ -494,8 +494,9 @@ def _merge_phases(sizes: pd.DataFrame, counts: dict[str, Any], frame_steps: dict
     merged["posterior_diameter_nm"] = summed["posterior_diameter_nm"].first()
     codes = merged.index.to_numpy()
     ids = frame_steps["ids"]
+    frame = frame_steps["frame"]
     bounds = np.r_[0, np.flatnonzero(np.diff(frame_steps["code"])) + 1]
-    first, last = frame_steps["frame"][bounds], frame_steps["frame"][np.r_[bounds[1:] - 1, frame_steps["frame"].size - 1]]
+    first, last = frame[bounds], frame[np.r_[bounds[1:] - 1, frame.size - 1]]
     merged.insert(0, "particle", ids[codes])
     merged.insert(1, "first_frame", first[codes])
     merged.insert(2, "last_frame", last[codes])
