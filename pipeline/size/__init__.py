@@ -28,7 +28,10 @@ The estimators
   Michalet & Berglund 2012): :mod:`pipeline.size.diffusion`.
 - Only single-frame steps enter: a track that skips frames (linking with
   memory) is cut into consecutive pieces for the step statistics, never
-  read as a longer single step.
+  read as a longer single step. When those steps correlate two or more
+  frames apart (positions smoothed in time by frame blending or video
+  compression), the steps span L frames instead, L chosen from the
+  measured correlation (``size.step_lag``, :mod:`pipeline.size.lag`).
 - The size distribution by maximum likelihood over a log-spaced diameter
   grid (Walker 2012), each track's likelihood the product over its steps,
   so that its length counts: by default (``size.distribution: ems``) with
@@ -49,9 +52,10 @@ The modules
 ``parameters`` (the section, checked against its schema), ``conditions``
 (frame interval, pixel size, temperature, viscosity), ``steps`` (flow-
 corrected steps of all tracks), ``diffusion`` (per-track D), ``ensemble``
-(ensemble MSD), ``walker`` (Walker's EM), ``mislinks`` (the likelihood step
-by step, with jumps), ``ems`` (smoothed EM), ``distribution`` (a distribution's
-figures and bins), ``sample`` (all of these on one table:
+(ensemble MSD), ``lag`` (how many frames a step spans), ``walker``
+(Walker's EM), ``mislinks`` (the likelihood step by step, with jumps),
+``ems`` (smoothed EM), ``distribution`` (a distribution's figures and
+bins), ``sample`` (all of these on one table:
 :func:`size_tracks`), ``replicates`` (merging runs), ``summary`` (the
 files). All take and return plain arrays and DataFrames; :func:`run` and
 :func:`run_group`, here, do the file work.
