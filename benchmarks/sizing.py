@@ -16,8 +16,8 @@ fit of the ensemble MSD, D = A/4) on the same tracks.
 
 Also: ``smoothed_positions``, monodisperse 100 and 400 nm whose positions a
 recursive temporal filter smooths (a camera's noise filter keeping 0.8 or
-0.5 of each new frame), sized with ``size.step_lag: auto`` and with
-single-frame steps; ``swapped_links``, monodisperse 100, 200 and 400 nm with full-frame
+0.5 of each new frame) or whose frames are blended in pairs, sized with
+``size.step_lag: auto`` and with single-frame steps; ``swapped_links``, monodisperse 100, 200 and 400 nm with full-frame
 exposure (R = 1/6) and 5 % of links swapped to a neighbour (mode and D50
 errors); ``bulk_water``, the 40 real frames of 1 µm latex through trackflow's
 locate, link and size stages, against the pooled covariance estimate and the
@@ -261,14 +261,21 @@ def smoothed_case(d_true, *, n_frames, shape, n_particles, seed, keep=0.5):
     """Monodisperse, positions smoothed in time by a recursive filter (each
     frame's position ``keep`` of its own plus the rest of the previous
     frame's smoothed one, as a camera's temporal noise filter does), which
-    correlates steps over several frames as bulk_water's are: the mode's and
-    D50's errors with ``size.step_lag: auto`` and with single-frame steps."""
+    correlates steps over several frames as bulk_water's are; ``keep="blend"``:
+    each frame the mean of itself and the previous one (a frame-rate
+    conversion blending frames), which correlates neighbouring steps only,
+    beyond what blur allows. The mode's and D50's errors with
+    ``size.step_lag: auto`` and with single-frame steps."""
     import pandas as pd
 
     tracks = truth_tracks((d_true,), n_frames, shape, n_particles, seed)
 
     def recursive(v):
         out = np.asarray(v, dtype=float).copy()
+        if keep == "blend":
+            out[1:] = 0.5 * (out[1:] + out[:-1])
+            out[:1] = np.nan
+            return pd.Series(out, index=v.index)
         for i in range(1, out.size):
             out[i] = keep * out[i] + (1.0 - keep) * out[i - 1]
         out[:3] = np.nan  # the filter's start-up
@@ -376,7 +383,7 @@ def main(argv=None):
     print("swapped", json.dumps(swapped), file=sys.stderr)
     smoothed = {f"mono_{d:.0f}_keep_{keep:g}": smoothed_case(d, n_frames=n_frames, shape=shape, n_particles=n_particles,
                                                               seed=30 + i, keep=keep)
-                for i, d in enumerate((100.0, 400.0)) for keep in (0.8, 0.5)}
+                for i, d in enumerate((100.0, 400.0)) for keep in (0.8, 0.5, "blend")}
     print("smoothed", json.dumps(smoothed), file=sys.stderr)
     bw_tracks = bulk_water_tracks()
     real = None if bw_tracks is None else {

@@ -78,6 +78,32 @@ def test_smoothed_positions_are_found_and_sized_over_several_frames(brownian):
                if f["code"] in ("localization_error_zero", "negative_localization_variance"))
 
 
+def test_frames_blended_in_pairs_are_found_from_the_neighbours_correlation(brownian):
+    """A frame-rate conversion that blends each frame with the previous one,
+    from a camera with a short exposure, correlates neighbouring steps only
+    (ρ1 about 1/2), which blur within a 1 ms exposure cannot (ρ1 at most
+    R / (1 − 2R) = 0.005)."""
+    pos, _ = blurred_tracks(400, 40, D_200, exposure=0.0, sigma=0.03, seed=52)
+    blended = tracks_table(0.5 * (pos[:, 1:] + pos[:, :-1]))
+
+    def sized(**params):
+        return sizing.size_tracks(blended, pixel_size_um=0.1, frame_interval_s=DT, temperature_K=T,
+                                  viscosity_Pa_s=None, n_bootstrap=0, **params)[2]
+
+    auto = sized(exposure_s=0.001)
+    assert auto["step_lag"]["frames"] >= 2
+    assert "beyond what the exposure's blur allows" in auto["step_lag"]["reason"]
+    assert auto["mode_nm"] == pytest.approx(200.0, rel=0.10)
+    single = sized(exposure_s=0.001, step_lag=1)
+    assert single["mode_nm"] > 1.3 * 200.0
+    assert "steps_correlated" in {f["code"] for f in single["qc"]}
+    # negative control: with the exposure unknown the blur could be anything up to a quarter, so
+    # nothing is read into ρ1 (and the unknown exposure is flagged)
+    unknown = sized(exposure_s=None)
+    assert unknown["step_lag"]["frames"] == 1
+    assert "exposure_unknown" in {f["code"] for f in unknown["qc"]}
+
+
 def test_brownian_tracks_keep_single_frame_steps_and_their_figures(brownian):
     table = tracks_table(brownian)
     _, _, auto = size_of(table)

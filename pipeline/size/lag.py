@@ -123,13 +123,16 @@ def step_correlation(steps: dict[str, Any], max_lag: int = STEP_CORRELATION_LAGS
     return out
 
 
-def choose_step_lag(correlation: dict[str, Any]) -> tuple[int, str]:
+def choose_step_lag(correlation: dict[str, Any], blur_R: float | None = None) -> tuple[int, str]:
     """The step lag (frames) from :func:`step_correlation`, and why.
 
     Lag 1 unless the correlation at some lag k ≥ 2 is positive beyond
     ``DETECTION_Z`` of its standard errors (each lag tested alone: the sum
     over all lags would drown a correlation of two or three frames in the
-    noise of the far ones; too few pairs to tell: lag 1). Then the shortest
+    noise of the far ones; too few pairs to tell: lag 1), or, with the blur
+    factor ``blur_R`` known (from the exposure), the neighbours' correlation
+    ρ_1 exceeds by as much the most that blur and noise allow, R / (1 − 2R)
+    (a frame blended with its neighbour: ρ_1 ≈ 1/2). Then the shortest
     lag ℓ whose remaining tail Σ_{k>ℓ} ρ_k, at its upper one-sided 95 %
     bound, biases D by less than ``BIAS_TOLERANCE``: the lag at which the
     data show the steps Brownian, not merely the lag at which the tail stops
@@ -141,9 +144,19 @@ def choose_step_lag(correlation: dict[str, Any]) -> tuple[int, str]:
         return 1, "too few steps two frames apart to measure their correlation"
     z = [r / s if s > 0 else 0.0 for r, s in zip(rho[1:], rho_se[1:])]
     strongest = int(np.argmax(z))
-    if not z[strongest] > DETECTION_Z:
+    neighbours_max = None if blur_R is None else blur_R / (1.0 - 2.0 * blur_R)
+    z1 = 0.0 if neighbours_max is None or not rho_se[0] > 0 else (rho[0] - neighbours_max) / rho_se[0]
+    if not z[strongest] > DETECTION_Z and not z1 > DETECTION_Z:
         return 1, (f"steps two or more frames apart uncorrelated (at most {z[strongest]:.1f} standard errors, "
-                   f"ρ{strongest + 2} = {rho[strongest + 1]:.3f})")
+                   f"ρ{strongest + 2} = {rho[strongest + 1]:.3f})"
+                   + ("" if neighbours_max is None else
+                      f", and neighbours within what blur allows (ρ1 = {rho[0]:.3f}, at most {neighbours_max:.3f})"))
+    if z[strongest] > DETECTION_Z:
+        seen = (f"steps correlated {strongest + 2} frames apart (ρ{strongest + 2} = {rho[strongest + 1]:.3f}, "
+                f"{z[strongest]:.1f} standard errors)")
+    else:
+        seen = (f"neighbouring steps correlated beyond what the exposure's blur allows (ρ1 = {rho[0]:.3f}, "
+                f"at most {neighbours_max:.3f}; {z1:.1f} standard errors)")
     denominator = max(total, 1e-9)
     for lag in range(2, len(tail) + 1):
         bound = tail[lag - 1] + UPPER_BOUND_Z * se[lag - 1]
@@ -151,11 +164,8 @@ def choose_step_lag(correlation: dict[str, Any]) -> tuple[int, str]:
             break
     else:
         lag = len(tail) + 1
-    return lag, (
-        f"steps correlated {strongest + 2} frames apart (ρ{strongest + 2} = {rho[strongest + 1]:.3f}, "
-        f"{z[strongest]:.1f} standard errors); from {lag} frames on the rest biases D by less than "
-        f"{BIAS_TOLERANCE:.0%} (95 % bound)"
-    )
+    return lag, (f"{seen}; from {lag} frames on the rest biases D by less than {BIAS_TOLERANCE:.0%} "
+                 "(95 % bound)")
 
 
 def lag_phases(steps: dict[str, Any], lag: int, position_columns: list[str]) -> pd.DataFrame:

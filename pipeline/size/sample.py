@@ -135,7 +135,7 @@ def size_tracks(
     frame_steps = _track_steps(tracks, p, pixel_size_um)
     correlation = step_correlation(frame_steps)
     if p["step_lag"] == "auto":
-        lag, lag_reason = choose_step_lag(correlation)
+        lag, lag_reason = choose_step_lag(correlation, blur_R=R if exposure_s is not None else None)
     else:
         lag, lag_reason = int(p["step_lag"]), "given (size.step_lag)"
     # Steps over `lag` frames: every track taken every lag-th frame from each
@@ -234,7 +234,8 @@ def size_tracks(
                                  pooled_without_jumps_D=counts["pooled_D_um2_s"] if jumps.any() else None,
                                  pooled_step_lag_D=pooled_lag_D)
     step_lag = {"frames": lag, "source": "auto" if p["step_lag"] == "auto" else "given", "reason": lag_reason,
-                "interval_s": step_dt, "blur_R": step_R, "correlation": correlation}
+                "interval_s": step_dt, "blur_R": step_R, "frame_blur_R": R if exposure_s is not None else None,
+                "correlation": correlation}
     qc = _qc_flags(localization, cross_checks, counts,
                    {**figures, "grid_min_nm": p["grid_min_nm"], "grid_max_nm": p["grid_max_nm"]},
                    fit, n_valid=fit["n_valid"], outlier_p=p["outlier_p"], step_lag=step_lag)
@@ -957,22 +958,23 @@ def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
              "distribution is widened by the extra scatter (step dispersion)")
     lag, corr = step_lag["frames"], step_lag["correlation"]
     if corr["tail"]:
-        rho = ", ".join(f"ρ{k} = {v:.3f}" for k, v in enumerate(corr["rho"][:4], start=1))
+        needed, verdict = choose_step_lag(corr, blur_R=step_lag["frame_blur_R"])
+        rho = ", ".join(f"{v:.3f}" for v in corr["rho"][:4])
         low = 2.0 * corr["tail"][0] / max(corr["total"], 1e-9)
-        seen = (f"single-frame steps are correlated two or more frames apart ({rho}; Σ beyond one frame "
-                f"{corr['tail'][0]:.3f} ± {corr['tail_se'][0]:.3f}), so that the covariance estimator on "
-                f"single-frame steps reads D about {100 * low:.0f} % low, and the likelihood, which trusts the "
-                "exposure's blur, lower still: positions smoothed in time (a camera's frame blending or noise "
-                "filter, compressed video predicting frames from their neighbours) or a residual flow")
-        correlated = step_lag["source"] == "auto" and lag > 1 or \
-            step_lag["source"] == "given" and choose_step_lag(corr)[0] > 1
-        if correlated and lag > 1:
+        which = (f"the covariance estimator by about {100 * low:.0f} % (the correlation beyond one frame), and "
+                 "the likelihood, which trusts the exposure's blur, by more" if low >= 0.01 else
+                 "not the covariance estimator, which takes the neighbours' correlation in, but the likelihood, "
+                 "which trusts the exposure's blur")
+        seen = (f"single-frame steps: {verdict.split('; from ')[0]}; ρ1…ρ4 = {rho}. Positions smoothed in time "
+                "(a camera's frame blending or noise filter, compressed video predicting frames from their "
+                f"neighbours) or a residual flow do this, and single-frame steps then read D too low: {which}")
+        if needed > 1 and lag > 1:
             flag("steps_correlated", "warning",
                  f"{seen}. Sizes are read from steps over {lag} frames ({step_lag['interval_s']:.4g} s; "
                  f"size.step_lag: {step_lag['source']}; each track taken every {lag} frames, from each of its "
                  f"first {lag} frames), beyond which the rest of the correlation is too small to matter; the "
                  "cross-checks' pooled estimate is still that of the single-frame steps")
-        elif correlated:
+        elif needed > 1:
             flag("steps_correlated", "warning",
                  f"{seen}. Sizes were read from single-frame steps (size.step_lag: 1) and come out too large; "
                  "size.step_lag: auto reads them over as many frames as the correlation needs")
