@@ -381,9 +381,11 @@ def main(argv=None):
             d_true, n_frames=n_frames, shape=shape, n_particles=n_particles, seed=20 + i
         )
     print("swapped", json.dumps(swapped), file=sys.stderr)
-    smoothed = {f"mono_{d:.0f}_keep_{keep:g}": smoothed_case(d, n_frames=n_frames, shape=shape, n_particles=n_particles,
-                                                              seed=30 + i, keep=keep)
-                for i, d in enumerate((100.0, 400.0)) for keep in (0.8, 0.5, "blend")}
+    smoothed = {
+        f"mono_{d:.0f}_" + ("blend" if keep == "blend" else f"keep_{keep:g}"): smoothed_case(
+            d, n_frames=n_frames, shape=shape, n_particles=n_particles, seed=30 + i, keep=keep)
+        for i, d in enumerate((100.0, 400.0)) for keep in (0.8, 0.5, "blend")
+    }
     print("smoothed", json.dumps(smoothed), file=sys.stderr)
     bw_tracks = bulk_water_tracks()
     real = None if bw_tracks is None else {
