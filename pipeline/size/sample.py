@@ -882,26 +882,26 @@ def _qc_flags(localization, cross_checks, counts, figures, fit, *, n_valid: int,
              "the exposure time is not recorded, so motion blur is taken as none (R = 0); a camera that "
              "exposes the whole frame interval has R = 1/6: set exposure_s in the run's settings")
     pooled, se = localization["pooled_sigma2_um2"], localization["pooled_sigma2_se_um2"]
-    if np.isfinite(pooled) and pooled < -2.0 * se and step_lag["frames"] > 1:
-        # over several frames the variance's offset 2σ² − 4R·DΔt is what is measured, and positions
-        # smoothed in time lower it as more blur would: no sign of a wrong exposure
-        flag("negative_localization_variance", "info",
-             f"the localization variance pooled over all steps of {step_lag['frames']} frames is negative "
-             f"({pooled:.3g} ± {se:.2g} µm²), as positions smoothed in time make it (steps_correlated)")
-    elif np.isfinite(pooled) and pooled < -2.0 * se:  # below zero by more than its noise
-        flag("negative_localization_variance", "warning",
-             f"the localization variance pooled over all steps is negative ({pooled:.3g} ± {se:.2g} µm²): motion blur is "
-             f"not accounted for (R = {localization['blur_R']:.3g}); check exposure_s "
-             "(R = exposure / (6 × frame interval))")
+    # Over several frames the variance's offset 2σ² − 4R·DΔt is what is measured, and positions smoothed in
+    # time lower it as more blur would: below zero it is no sign of a wrong exposure, and σ² is used as it is.
+    several = step_lag["frames"] > 1
+    if np.isfinite(pooled) and pooled < -2.0 * se:  # below zero by more than its noise
+        if several:
+            flag("negative_localization_variance", "info",
+                 f"the localization variance pooled over all steps of {step_lag['frames']} frames is negative "
+                 f"({pooled:.3g} ± {se:.2g} µm²), as positions smoothed in time make it (steps_correlated)")
+        else:
+            flag("negative_localization_variance", "warning",
+                 f"the localization variance pooled over all steps is negative ({pooled:.3g} ± {se:.2g} µm²): "
+                 f"motion blur is not accounted for (R = {localization['blur_R']:.3g}); check exposure_s "
+                 "(R = exposure / (6 × frame interval))")
     s2 = localization["sigma2_um2"]
     if localization["source"].startswith("estimated") and np.isfinite(s2) and s2 < -2.0 * se:
-        if step_lag["frames"] > 1:
-            # over several frames the variance's offset 2σ² − 4R·DΔt is what is measured, and positions
-            # smoothed in time lower it as more blur would: no sign of a wrong exposure
+        if several:
             flag("localization_error_zero", "info",
                  f"over steps of {step_lag['frames']} frames the typical track's localization variance comes out "
-                 f"below zero ({s2:.3g} µm²), as positions smoothed in time make it (steps_correlated), and σ = 0 "
-                 "was used: on such steps the localization error is a small part of a step's variance")
+                 f"below zero ({s2:.3g} µm²), as positions smoothed in time make it (steps_correlated); it was "
+                 "used as it is, the offset of each step's variance, of which it is a small part")
         else:
             flag("localization_error_zero", "warning",
                  f"the typical track's localization variance comes out below zero ({s2:.3g} µm²) and σ = 0 "
