@@ -318,6 +318,7 @@ def test_run_writes_features_with_provenance(tmp_path, spots_movie):
     assert meta["movie"] == str(path) and meta["n_frames"] == len(frames)
     assert meta["n_features"] == len(found)
     assert meta["engine_used"] == "numba"  # locate.engine: auto, with numba installed
+    assert meta["image_filters"] == "compiled"  # pipeline.locate.compiled: the same table
 
 
 def test_command_line_equals_the_function(bulk_water, tmp_path):

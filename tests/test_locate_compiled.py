@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import trackpy
 
-from pipeline.locate import compiled, locate_frames
+from pipeline.locate import compiled, image_filters_used, locate_frames
 from pipeline.simulate import NTASimulator
 
 trackpy.quiet()
@@ -134,3 +134,10 @@ def test_locate_frames_goes_through_the_compiled_path_only_for_numba(monkeypatch
     found = locate_frames(floats, diameter=9, engine="numba")
     assert len(found)
     pd.testing.assert_frame_equal(found, batch("numba", floats), check_exact=True)
+
+
+def test_the_provenance_names_the_filters_that_ran():
+    assert image_filters_used({"diameter": 9}, (512, 512), np.uint16) == "compiled"
+    assert image_filters_used({"diameter": 9, "engine": "python"}, (512, 512), np.uint16) == "scipy"
+    assert image_filters_used({"diameter": 9}, (512, 512), np.float32) == "scipy"
+    assert image_filters_used({"diameter": 9}, (16, 512, 512), np.uint16) == "scipy"

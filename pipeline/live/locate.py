@@ -50,7 +50,7 @@ from .. import __version__
 from ..io.movie import Movie, MovieError, open_movie
 from ..io.schema import check_section
 from ..io.tables import read_table, table_metadata, write_table
-from ..locate import TRACKPY_OPTIONS, empty_features, engine_used, locate_frames
+from ..locate import TRACKPY_OPTIONS, empty_features, engine_used, image_filters_used, locate_frames
 
 __all__ = [
     "live_features_path",
@@ -133,6 +133,7 @@ class StoreFollower:
         self.done = 0  # frames located (or skipped as dropped)
         self.store_id: str | None = None
         self.tables: list[pd.DataFrame] = []
+        self.image_filters: str | None = None  # for the provenance, once the first frames are seen
         self.complete = False
         self.ndim: int | None = None
         self.dropped: list[int] = []
@@ -163,6 +164,7 @@ class StoreFollower:
             if len(movie) < n:  # cannot happen with the writer's order of writes; read again later
                 return False
             self.ndim = movie.ndim
+            self.image_filters = image_filters_used(self.options, movie.frame_shape, movie.dtype)
             self._locate(movie, self.done, n, dropped)
             self.done = n
         if complete and self.done >= n:
@@ -214,6 +216,7 @@ class StoreFollower:
                 "dropped_frames": self.dropped,
                 "n_features": len(features),
                 "engine_used": engine,
+                "image_filters": self.image_filters,
                 "live": {
                     "how": "located during the acquisition, from the store's shards as they were published",
                     "store_id": self.store_id,
@@ -438,6 +441,7 @@ def locate_or_adopt(
             "dropped_frames": [int(i) for i in opened.dropped_frames],
             "n_features": len(features),
             "engine_used": side["engine_used"],
+            "image_filters": side.get("image_filters"),
             "adopted": {"from": why, **side["live"]},
         },
     )

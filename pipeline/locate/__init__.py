@@ -36,6 +36,7 @@ from .trackpy import (
     _locate_chunk,
     empty_features,
     engine_used,
+    image_filters_used,
     locate_frames,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "TRACKPY_OPTIONS",
     "MATCHED_OPTIONS",
     "engine_used",
+    "image_filters_used",
     "locate_frames",
     "locate_movie",
     "empty_features",

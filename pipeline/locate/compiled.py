@@ -32,6 +32,11 @@ The kernels reproduce, for the frames they cover (:func:`covers`):
 Everything else (``refine_com``, ``where_close``, the mass scaling, the
 minmass / maxsize / topn filters, the noise statistics and the static
 error) is trackpy's own code or the same NumPy calls.
+
+Bit-identity rests on both sides doing IEEE double arithmetic without
+fused multiply-adds: numba emits none unless asked, and SciPy's x86-64
+wheels are built for a baseline without FMA. A SciPy built to fuse them
+(say on ARM) would differ in the last bits; the tests would say so.
 """
 
 from __future__ import annotations
@@ -61,9 +66,10 @@ def _scalar(value: Any) -> Any:
 def covers(image: np.ndarray, options: Mapping[str, Any]) -> bool:
     """Whether :func:`locate` handles this frame with these options.
 
-    It does for 2D uint8 or uint16 frames with trackpy's preprocessing, the same length scales on both axes, a Gaussian noise size
-    above 0 and an odd smoothing size above 1. Anything else is for
-    ``trackpy.locate`` (including the frames on which trackpy warns).
+    It does for 2D uint8 or uint16 frames with trackpy's preprocessing, the
+    same length scales on both axes, a Gaussian noise size above 0 and an
+    odd smoothing size above 1. Anything else is for ``trackpy.locate``
+    (including the frame shapes on which trackpy warns of colour channels).
     """
     if image.ndim != 2 or image.dtype not in FRAME_DTYPES or 3 in image.shape or 4 in image.shape:
         return False

@@ -23,7 +23,15 @@ from ..io.movie import Movie
 from ..io.schema import check_section, section_defaults
 from ..io.tables import write_table
 from . import matched as _matched
-from .trackpy import TRACKPY_OPTIONS, _check_options, _locate_chunk, _open, empty_features, engine_used
+from .trackpy import (
+    TRACKPY_OPTIONS,
+    _check_options,
+    _locate_chunk,
+    _open,
+    empty_features,
+    engine_used,
+    image_filters_used,
+)
 
 __all__ = ["METHODS", "locate_movie", "run"]
 
@@ -262,7 +270,8 @@ def run(
     }
     if method == "trackpy":
         extra["engine_used"] = engine_used(options["engine"], opened.ndim)
-        how = f"trackpy, {extra['engine_used']} engine"
+        extra["image_filters"] = image_filters_used(options, opened.frame_shape, opened.dtype)
+        how = f"trackpy, {extra['engine_used']} engine, {extra['image_filters']} image filters"
     elif method == "learned":
         from . import learned as _learned
 

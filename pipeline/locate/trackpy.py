@@ -180,6 +180,15 @@ def _compiled_path(options: Mapping[str, Any]):
     return compiled
 
 
+def image_filters_used(options: Mapping[str, Any], frame_shape: Sequence[int], dtype: Any) -> str:
+    """Which code runs trackpy's image filters on such frames: ``'compiled'``
+    (:mod:`pipeline.locate.compiled`) or ``'scipy'`` (``trackpy.locate``
+    itself); for the provenance, the tables being the same either way."""
+    compiled = _compiled_path(options)
+    covered = compiled is not None and compiled.covers(np.empty(tuple(frame_shape), dtype), options)
+    return "compiled" if covered else "scipy"
+
+
 def _locate_each(
     frames: np.ndarray, frame_numbers: Sequence[int], options: Mapping[str, Any]
 ) -> pd.DataFrame | None:
