@@ -18,7 +18,7 @@ import trackpy
 
 from pipeline.acquire import SimulatedCamera, acquire
 from pipeline.io.movie import open_movie
-from pipeline.live.preview import LivePreview, OnlineTracks, size_summary
+from pipeline.live.preview import LivePreview, OnlineTracks, size_interval, size_summary
 from pipeline.locate import locate_frames
 
 LOCATE = {"diameter": 9, "minmass": 300}
@@ -175,3 +175,11 @@ def test_trackflow_preview_command(tmp_path):
     assert "preview: http://127.0.0.1:" in err and "frames analysed" in err
     state = json.loads(out.read_text())
     assert state["ended"] and state["frames_analysed"] > 0
+
+
+def test_size_estimates_back_off_when_they_take_long():
+    """An estimate that takes 7.5 s (1800 frames of 1024x1024 at 30 fps) is
+    not restarted at once: the frames' analysis keeps two thirds of a core."""
+    assert size_interval(5.0, None) == 5.0
+    assert size_interval(5.0, 0.4) == 5.0
+    assert size_interval(5.0, 7.5) == 22.5

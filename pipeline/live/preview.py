@@ -12,7 +12,8 @@ A subscriber of the acquisition's PUB socket (``trackflow acquire --pub``,
   after the link stage's filters (:func:`pipeline.link.filters.finish_tracks`),
   by the size stage's estimator (:func:`pipeline.size.size_tracks`, the
   ``size`` section), recomputed every ``size_every_s`` seconds in a process
-  of its own;
+  of its own, or less often when an estimate takes longer than a third of
+  that (the estimate then gets a third of a core: locating comes first);
 
 as a live terminal view (rich) and as a small page served on loopback
 (``/`` refreshes itself; ``/state.json`` is the same state as JSON).
@@ -57,6 +58,8 @@ log = logging.getLogger("trackflow.preview")
 
 _LINK_KEYS = ("search_range", "memory", "adaptive_stop", "adaptive_step", "link_strategy")
 _FILTER_KEYS = ("min_length", "min_mass", "max_size", "max_ecc", "subtract_drift", "drift_smoothing")
+#: Seconds between the starts of two size estimates, in units of the last one's duration.
+SIZE_DUTY_FACTOR = 3.0
 _CONDITION_KEYS = ("pixel_size_um", "frame_interval_s", "exposure_s", "temperature_K", "viscosity_Pa_s")
 
 
@@ -211,6 +214,14 @@ def size_summary(
     return json.loads(json.dumps(out, default=float).replace("NaN", "null"))
 
 
+def size_interval(size_every_s: float, last_seconds: float | None) -> float:
+    """Seconds between the starts of two size estimates: ``size_every_s``, or
+    :data:`SIZE_DUTY_FACTOR` times the last estimate's seconds if longer.
+    With many tracks an estimate takes seconds; back to back they would take
+    a core from locating the frames, which comes first."""
+    return max(float(size_every_s), SIZE_DUTY_FACTOR * float(last_seconds or 0.0))
+
+
 def _worker_init(nice: int) -> None:
     import warnings
 
@@ -219,6 +230,14 @@ def _worker_init(nice: int) -> None:
         os.nice(int(nice))
     except OSError:
         pass
+
+
+def _warm_up_frame() -> np.ndarray:
+    """A frame with one bright spot: locating it compiles (or loads from
+    numba's cache) every kernel a real frame needs, before the stream comes;
+    a blank frame stops before the maxima and the refinement."""
+    yy, xx = np.mgrid[:48, :48]
+    return (20 + 2000 * np.exp(-((yy - 24) ** 2 + (xx - 24) ** 2) / 4.0)).astype(np.uint16)
 
 
 def _locate_one(image: np.ndarray, frame: int, options: Mapping[str, Any], slow_s: float) -> pd.DataFrame:
@@ -253,7 +272,8 @@ class LivePreview:
         Frames waiting for analysis before it stops taking more until it has
         caught up (the length of a burst of consecutive frames).
     size_every_s : float
-        Seconds between two estimates of the size distribution.
+        Seconds between two estimates of the size distribution (at least,
+        and at least three times the last estimate's seconds).
     nice : int
         Added to the analysis processes' CPU niceness.
     slow_s : float
@@ -471,7 +491,7 @@ class LivePreview:
         sizer = concurrent.futures.ProcessPoolExecutor(
             1, mp_context=context, initializer=_worker_init, initargs=(self.nice,)
         )
-        warm = [locators.submit(_locate_one, np.zeros((32, 32), np.uint16), 0, self.options, 0.0)
+        warm = [locators.submit(_locate_one, _warm_up_frame(), 0, self.options, 0.0)
                 for _ in range(self.workers)]  # fmt: skip
         ctx = zmq.Context()
         sock = ctx.socket(zmq.SUB)
@@ -512,7 +532,8 @@ class LivePreview:
                     if sizing is not None and sizing.done():
                         self.sized, self.size_seconds = sizing.result()
                         self.sized_at, sizing = time.perf_counter(), None
-                    if sizing is None and now - t_size >= self.size_every_s and self.tracks.rows:
+                    every = size_interval(self.size_every_s, self.size_seconds)
+                    if sizing is None and now - t_size >= every and self.tracks.rows:
                         sizing = sizer.submit(_size_job, *self._size_args())
                         t_size = now
                     if now - t_update >= update_every_s:
