@@ -8,7 +8,8 @@ kernels written to the same arithmetic, operation for operation, and hands
 the maxima to trackpy's own refinement, duplicate removal and static error:
 the table is row for row, bit for bit, what ``trackpy.locate`` returns
 (``tests/test_locate_compiled.py`` pins it on simulated and real frames),
-3 to 4.5 times faster (``benchmarks/locate.py``).
+3 to 4.5 times faster (24 against 107-113 ms on a 1024x1024 NTA frame, 7.8
+against 25 ms on a bulk_water frame, one core each).
 
 The kernels reproduce, for the frames they cover (:func:`covers`):
 
@@ -230,7 +231,7 @@ def _local_maxima(image, above, size_y, size_x, margin_y, margin_x):  # pragma: 
             for x in range(hi - lo):
                 dst[x] = max(dst[x], src[x])
     # flag the peaks without branches, then collect the few (a result array
-    # grown inside the loop would keep numba from optimizing it: 17x slower)
+    # grown inside the loop kept numba from optimizing the kernel: 8x slower)
     peaks = np.zeros((ny, nx), np.bool_)
     dilated = np.empty(nx, image.dtype)
     width = nx - 2 * margin_x

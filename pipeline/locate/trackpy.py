@@ -6,7 +6,10 @@ iterative centroid refinement. The movie is cut into ranges of whole frames
 (trackpy's percentile threshold is per image, so a frame is never split)
 that Dask locates in parallel; the result is row for row what
 ``trackpy.batch`` returns for the same frames, with ``frame`` first and the
-frame numbers of the movie (``batch`` counts from 0 in every call).
+frame numbers of the movie (``batch`` counts from 0 in every call). With
+trackpy's numba engine, the 2D integer frames :mod:`pipeline.locate.compiled`
+covers have trackpy's image filters run as compiled kernels: the same table,
+a quarter of the time.
 
 Frames the movie lists as dropped (they never arrived; the store holds
 zeros there) are skipped, not located.
