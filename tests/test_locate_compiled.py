@@ -59,7 +59,7 @@ def test_identical_to_trackpy_locate_on_simulated_frames(shape, seed):
     image = _frame(shape, seed)
     found = 0
     for diameter, options in OPTIONS:
-        assert compiled.covers(image, {"diameter": diameter, **options})
+        assert compiled.covers(image.shape, image.dtype, {"diameter": diameter, **options})
         found += _same(image, diameter, **options)
     for variant in ((image // 256).astype(np.uint8), np.clip(image.astype(np.int64) * 3, 0, 65535).astype(np.uint16)):
         found += _same(variant, 9)
@@ -109,7 +109,7 @@ def test_identical_on_the_real_bulk_water_frames(bulk_water_dir):
     ],
 )
 def test_frames_it_does_not_cover_are_left_to_trackpy(image, options):
-    assert not compiled.covers(image, options)
+    assert not compiled.covers(image.shape, image.dtype, options)
 
 
 def test_locate_frames_goes_through_the_compiled_path_only_for_numba(monkeypatch):

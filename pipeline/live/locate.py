@@ -164,7 +164,8 @@ class StoreFollower:
             if len(movie) < n:  # cannot happen with the writer's order of writes; read again later
                 return False
             self.ndim = movie.ndim
-            self.image_filters = image_filters_used(self.options, movie.frame_shape, movie.dtype)
+            if self.image_filters is None:
+                self.image_filters = image_filters_used(self.options, movie.frame_shape, movie.dtype)
             self._locate(movie, self.done, n, dropped)
             self.done = n
         if complete and self.done >= n:

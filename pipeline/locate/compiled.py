@@ -42,6 +42,7 @@ wheels are built for a baseline without FMA. A SciPy built to fuse them
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -49,6 +50,11 @@ from typing import Any
 import numba
 import numpy as np
 import pandas as pd
+from trackpy.find import where_close
+from trackpy.masks import N_binary_mask, binary_mask, gaussian_kernel
+from trackpy.preprocessing import invert_image
+from trackpy.refine import refine_com
+from trackpy.uncertainty import _static_error
 
 __all__ = ["covers", "locate"]
 
@@ -64,15 +70,15 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def covers(image: np.ndarray, options: Mapping[str, Any]) -> bool:
-    """Whether :func:`locate` handles this frame with these options.
+def covers(shape: tuple[int, ...], dtype: Any, options: Mapping[str, Any]) -> bool:
+    """Whether :func:`locate` handles frames of this shape and dtype with these options.
 
     It does for 2D uint8 or uint16 frames with trackpy's preprocessing, the
     same length scales on both axes, a Gaussian noise size above 0 and an
     odd smoothing size above 1. Anything else is for ``trackpy.locate``
     (including the frame shapes on which trackpy warns of colour channels).
     """
-    if image.ndim != 2 or image.dtype not in FRAME_DTYPES or 3 in image.shape or 4 in image.shape:
+    if len(shape) != 2 or np.dtype(dtype) not in FRAME_DTYPES or 3 in shape or 4 in shape:
         return False
     if not options.get("preprocess", True):
         return False
@@ -86,7 +92,7 @@ def covers(image: np.ndarray, options: Mapping[str, Any]) -> bool:
         return False
     if not float(noise) > 0 or int(smoothing) != smoothing or int(smoothing) % 2 == 0 or int(smoothing) <= 1:
         return False
-    return int(diameter) % 2 == 1 and min(image.shape) > 2 * int(4 * float(noise) + 0.5)
+    return int(diameter) % 2 == 1 and min(shape) > 2 * int(4 * float(noise) + 0.5)
 
 
 # Inner loops run over slice views indexed from 0: numba wraps negative
@@ -183,8 +189,8 @@ def _boxcar(image, size):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _bandpass_scaled(smoothed, background, threshold, max_value, scaled):  # pragma: no cover - compiled
-    """``bandpass``'s last steps and ``convert_to_int``, into ``scaled``;
-    returns the scale factor."""
+    """``bandpass``'s last steps and ``convert_to_int``: ``smoothed`` becomes
+    the bandpassed image, ``scaled`` its integer version; returns the scale factor."""
     flat = smoothed.ravel()
     behind = background.ravel()
     out = scaled.ravel()
@@ -303,6 +309,13 @@ def _background(image, half_widths):  # pragma: no cover - compiled
     return out
 
 
+@functools.cache
+def _mask_half_widths(radius: int) -> np.ndarray:
+    """Per row of trackpy's circular mask, how far it reaches either side (-1: empty)."""
+    mask = binary_mask((radius, radius), 2)
+    return np.array([np.flatnonzero(row).size // 2 if row.any() else -1 for row in mask])
+
+
 def _threshold_statistic(counts: np.ndarray, percentile: float) -> int | None:
     """The order statistic of the nonzero pixels at the floor of
     ``np.percentile``'s virtual index: a pixel is above trackpy's threshold
@@ -337,12 +350,6 @@ def locate(raw_image: np.ndarray, diameter: Any, **options: Any) -> pd.DataFrame
         the percentile, or none survives the filters), where trackpy warns
         and returns an empty table.
     """
-    from trackpy.find import where_close
-    from trackpy.masks import N_binary_mask, binary_mask, gaussian_kernel
-    from trackpy.preprocessing import invert_image
-    from trackpy.refine import refine_com
-    from trackpy.uncertainty import _static_error
-
     diameter = int(_scalar(diameter))
     radius = diameter // 2
     separation = options.get("separation")
@@ -397,9 +404,7 @@ def locate(raw_image: np.ndarray, diameter: Any, **options: Any) -> pd.DataFrame
         mass = refined["mass"].values
         refined = refined.iloc[[np.argmax(mass)]] if topn == 1 else refined.iloc[np.argsort(mass)[-topn:]]
     if characterize:
-        mask = binary_mask((radius, radius), 2)
-        half_widths = np.array([int(np.flatnonzero(row).size // 2) if row.any() else -1 for row in mask])
-        quiet = _background(image, half_widths)
+        quiet = _background(image, _mask_half_widths(radius))
         n_quiet = int(quiet.sum())
         if n_quiet == 0:
             black_level, noise = np.nan, np.nan

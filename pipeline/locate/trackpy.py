@@ -188,7 +188,7 @@ def image_filters_used(options: Mapping[str, Any], frame_shape: Sequence[int], d
     (:mod:`pipeline.locate.compiled`) or ``'scipy'`` (``trackpy.locate``
     itself); for the provenance, the tables being the same either way."""
     compiled = _compiled_path(options)
-    covered = compiled is not None and compiled.covers(np.empty(tuple(frame_shape), dtype), options)
+    covered = compiled is not None and compiled.covers(tuple(frame_shape), dtype, options)
     return "compiled" if covered else "scipy"
 
 
@@ -206,7 +206,7 @@ def _locate_each(
     compiled = _compiled_path(options)
     found = []
     for frame_no, image in zip(frame_numbers, frames):
-        if compiled is not None and compiled.covers(image, options):
+        if compiled is not None and compiled.covers(image.shape, image.dtype, options):
             features = compiled.locate(image, **options)
             if features is None:  # nothing found: trackpy's table would be empty too
                 continue
