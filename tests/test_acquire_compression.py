@@ -5,6 +5,7 @@ camera's frames bit for bit, records its settings, and passes
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -82,3 +83,27 @@ def test_check_fails_a_store_whose_record_disagrees_with_its_codec(tmp_path):
     update_attributes(out, {"trackflow": {"compression": {**open_movie(out).attrs["compression"], "codec": "zstd"}}})
     (problem,) = check_movie(out).problems
     assert "trackflow.compression disagrees" in problem and "codec 'zstd' against 'lz4'" in problem
+
+
+def test_direct_io_is_recorded_and_changes_no_byte(tmp_path):
+    """acquire.direct_io through the writer process: the store says how its
+    shards were written (stream.write_mode), and the frames and shard files
+    are the same either way."""
+    stores = {}
+    for direct in (True, False):
+        out = tmp_path / str(direct) / "movie.ome.zarr"
+        movie = acquire(SimulatedCamera(**SOURCE), out, frames_per_shard=5, report=False, direct_io=direct)
+        assert np.array_equal(movie.frames(), camera_frames())
+        stores[direct] = (out, movie.attrs["stream"])
+    probe = tmp_path / "probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+        takes_direct = True
+    except OSError:
+        takes_direct = False
+    assert stores[True][1]["write_mode"] == ("direct" if takes_direct else "buffered")
+    assert stores[False][1]["write_mode"] == "buffered" and stores[False][1]["direct_io_refused"] is None
+    shards = {d: sorted((out / "0" / "c").iterdir()) for d, (out, _) in stores.items()}
+    assert [p.name for p in shards[True]] == [p.name for p in shards[False]]
+    for a, b in zip(shards[True], shards[False]):
+        assert (a / "0" / "0").read_bytes() == (b / "0" / "0").read_bytes()

@@ -118,11 +118,11 @@ def test_a_store_after_a_failed_write_is_consistent(tmp_path, monkeypatch):
 
     real, calls = _shards.write_shard, []
 
-    def fail_third(path, chunks):
+    def fail_third(path, chunks, **options):
         calls.append(path)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        return real(path, chunks)
+        return real(path, chunks, **options)
 
     monkeypatch.setattr(_shards, "write_shard", fail_third)
     writer = create_movie(tmp_path / "w.ome.zarr", (8, 8), "uint8", frames_per_shard=2)

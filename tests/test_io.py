@@ -230,6 +230,106 @@ def test_shards_are_the_bytes_zarr_writes(tmp_path, frames, zarr_blosc_typesize,
             assert (ours / sub / rel).read_bytes() == (theirs / sub / rel).read_bytes(), rel
 
 
+def _takes_o_direct(folder):
+    """Whether the file system of ``folder`` opens files with O_DIRECT."""
+    probe = folder / "o_direct.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    return True
+
+
+def test_shards_past_the_page_cache_are_the_same_files(tmp_path, frames):
+    """acquire.direct_io: the same files with O_DIRECT and through the page
+    cache, and the writer says which way they went."""
+    stores = {}
+    for direct in (True, False):
+        path = tmp_path / f"direct-{direct}.ome.zarr"
+        writer = create_movie(path, frames.shape[1:], frames.dtype, frames_per_shard=7, direct_io=direct)
+        for i, frame in enumerate(frames):
+            writer.write(i, frame, timestamp=float(i))
+        writer.close()
+        stores[direct] = (path, writer.io_mode)
+    expected = "direct" if _takes_o_direct(tmp_path) else "buffered"
+    assert stores[True][1] == expected and stores[False][1] == "buffered"
+    files = {
+        d: sorted(p.relative_to(path) for p in (path / "0" / "c").rglob("*") if p.is_file())
+        for d, (path, _) in stores.items()
+    }
+    assert files[True] == files[False] and len(files[True]) == 4
+    for rel in files[True]:
+        assert (stores[True][0] / rel).read_bytes() == (stores[False][0] / rel).read_bytes(), rel
+    assert np.array_equal(open_movie(stores[True][0]).frames(), frames)
+
+
+def test_direct_writer_pads_to_blocks_and_truncates(tmp_path):
+    """Lengths around the block size, and a file larger than the buffer so far
+    (the buffer grows): each file is exactly its parts."""
+    from pipeline.io._shards import DirectWriter
+
+    if not _takes_o_direct(tmp_path):
+        pytest.skip("this file system does not take O_DIRECT")
+    rng = np.random.default_rng(3)
+    block = DirectWriter.ALIGN
+    writer = DirectWriter()
+    for sizes in ([1], [block - 1, 1], [block], [block, 1], [3 * block + 5, 7, 0], [40 * block + 1], [2]):
+        parts = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
+        path = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+        assert writer.write(path, parts)
+        assert path.read_bytes() == b"".join(parts)
+    assert writer.mode == "direct" and writer.files_direct == 7
+    writer.close()
+
+
+@pytest.mark.parametrize("refused_at", ["open", "write"])
+def test_shards_go_through_the_page_cache_where_o_direct_is_refused(tmp_path, frames, monkeypatch, refused_at):
+    """A file system that refuses O_DIRECT (at open, as tmpfs before Linux 6.6;
+    or at the first write, a block size not the page's): the shards are
+    written through the page cache, the same files, and the writer says why.
+    It asks once, not for every shard."""
+    from pipeline.io import _shards
+
+    asked, direct_fds = [], set()
+    real_open, real_write, real_close = os.open, os.write, os.close
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & os.O_DIRECT:
+            asked.append(path)
+            if refused_at == "open":
+                raise OSError(22, "Invalid argument")
+            fd = real_open(path, flags, *args, **kwargs)
+            direct_fds.add(fd)
+            return fd
+        return real_open(path, flags, *args, **kwargs)
+
+    def refusing_write(fd, data):
+        if fd in direct_fds:
+            raise OSError(22, "Invalid argument")
+        return real_write(fd, data)
+
+    def close(fd):
+        direct_fds.discard(fd)  # its number is free for the next file
+        real_close(fd)
+
+    monkeypatch.setattr(_shards.os, "open", refusing_open)
+    monkeypatch.setattr(_shards.os, "close", close)
+    monkeypatch.setattr(_shards.os, "write", refusing_write)
+    path = tmp_path / "m.ome.zarr"
+    writer = create_movie(path, frames.shape[1:], frames.dtype, frames_per_shard=7)
+    for i, frame in enumerate(frames):
+        writer.write(i, frame)
+    writer.close()
+    monkeypatch.undo()
+    assert len(asked) == 1
+    assert writer.io_mode == "buffered" and "O_DIRECT" in writer.direct_io_refused
+    assert str(path / "0" / "c") in writer.direct_io_refused
+    assert np.array_equal(open_movie(path).frames(), frames)
+    assert not list(path.rglob("*.partial"))
+
+
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "out.json"
     atomic_write(target, "old")
@@ -349,11 +449,11 @@ def test_a_failed_shard_write_ends_the_shape_before_it(tmp_path, frames, monkeyp
     real = _shards.write_shard
     calls = []
 
-    def fail_second(path, chunks):
+    def fail_second(path, chunks, **options):
         calls.append(path)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
-        return real(path, chunks)
+        return real(path, chunks, **options)
 
     monkeypatch.setattr(_shards, "write_shard", fail_second)
     path = tmp_path / "w.ome.zarr"

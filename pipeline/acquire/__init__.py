@@ -71,7 +71,7 @@ __all__ = [
 
 # The ``acquire`` keys that the writer process takes (the rest are the publisher's).
 WRITER_KEYS = (
-    "frames_per_shard", "codec", "shuffle", "clevel", "compression_threads",
+    "frames_per_shard", "codec", "shuffle", "clevel", "compression_threads", "direct_io",
     "hwm", "timeout_s", "max_frame_bytes", "max_seq_gap",
 )
 

@@ -126,7 +126,7 @@ class StreamReceiver:
         Acquisition metadata; overrides what the start message says.
     run : str, optional
         Accept only messages of this run (default: the first message's).
-    frames_per_shard, clevel, codec, shuffle, compression_threads
+    frames_per_shard, clevel, codec, shuffle, compression_threads, direct_io
         Passed to :func:`pipeline.io.movie.create_movie` (None: the
         ``acquire`` schema's defaults).
     max_frame_bytes : int
@@ -160,6 +160,7 @@ class StreamReceiver:
         codec: str | None = None,
         shuffle: str | None = None,
         compression_threads: int | None = None,
+        direct_io: bool = True,
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
         max_seq_gap: int = MAX_SEQ_GAP,
         acquisition: Mapping[str, Any] | None = None,
@@ -175,7 +176,7 @@ class StreamReceiver:
         compression_settings(clevel=clevel, codec=codec, shuffle=shuffle)
         self.store_options = dict(
             frames_per_shard=frames_per_shard, clevel=clevel, codec=codec, shuffle=shuffle,
-            compression_threads=compression_threads,
+            compression_threads=compression_threads, direct_io=direct_io,
         )
         self.max_frame_bytes = int(max_frame_bytes)
         self.max_seq_gap = int(max_seq_gap)
@@ -395,6 +396,9 @@ class StreamReceiver:
             "seconds_compressing": w.seconds_compressing if w else 0.0,
             "seconds_writing": w.seconds_writing if w else 0.0,
             "bytes_compressed": w.bytes_compressed if w else 0,
+            # direct: the shards went past the page cache (O_DIRECT); buffered or mixed: not (all)
+            "write_mode": w.io_mode if w else None,
+            "direct_io_refused": w.direct_io_refused if w else None,
             # CPU time of the whole receiving process (all threads) meanwhile
             "cpu_seconds": (cpu.user - self._cpu0.user) + (cpu.system - self._cpu0.system),
         }
@@ -570,6 +574,7 @@ def record(
     codec: str | None = None,
     shuffle: str | None = None,
     compression_threads: int | None = None,
+    direct_io: bool = True,
     max_frame_bytes: int = wire.MAX_FRAME_BYTES,
     max_seq_gap: int = MAX_SEQ_GAP,
     acquisition: Mapping[str, Any] | None = None,
@@ -606,9 +611,10 @@ def record(
         How long to wait for the first message (None: forever).
     hwm : int
         Frames queued on the socket.
-    frames_per_shard, clevel, codec, shuffle, compression_threads
-        Store layout and compression (see :func:`pipeline.io.movie.create_movie`;
-        None: the ``acquire`` schema's defaults).
+    frames_per_shard, clevel, codec, shuffle, compression_threads, direct_io
+        Store layout, compression and how shards are written (see
+        :func:`pipeline.io.movie.create_movie`; None: the ``acquire`` schema's
+        defaults).
     max_frame_bytes : int
         Largest frame accepted; larger messages are refused by ZeroMQ itself
         before they are received (see the module's description).
@@ -667,6 +673,7 @@ def record(
         codec=codec,
         shuffle=shuffle,
         compression_threads=compression_threads,
+        direct_io=direct_io,
         max_frame_bytes=max_frame_bytes,
         max_seq_gap=max_seq_gap,
         acquisition=acquisition,

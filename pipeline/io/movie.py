@@ -203,6 +203,7 @@ class MovieWriter:
         compression_threads: int | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         first_seq: int = 0,
+        direct_io: bool = True,
     ):
         self.path = Path(path)
         self.frame_shape = tuple(int(s) for s in frame_shape)
@@ -236,6 +237,8 @@ class MovieWriter:
         self.bytes_compressed = 0
         self.seconds_compressing = 0.0
         self.seconds_writing = 0.0
+        # used by the shard-writer thread alone
+        self._direct = _shards.DirectWriter(direct_io)
         self._writer = threading.Thread(
             target=self._write_loop, name="trackflow-shard-writer", daemon=True
         )
@@ -250,6 +253,17 @@ class MovieWriter:
     def frames_written(self) -> int:
         """Frames durably on disk (their shard has been written)."""
         return self._n_written
+
+    @property
+    def io_mode(self) -> str:
+        """How the shards so far reached disk: ``direct`` (past the page
+        cache), ``buffered`` or ``mixed`` (the file system refused ``O_DIRECT``
+        part-way; :attr:`direct_io_refused` says why)."""
+        return self._direct.mode
+
+    @property
+    def direct_io_refused(self) -> str | None:
+        return self._direct.refused
 
     def write(self, index: int, frame: Any, timestamp: float = float("nan")) -> None:
         """Queue one frame at position ``index`` along t.
@@ -344,6 +358,7 @@ class MovieWriter:
         while True:
             item = self._queue.get()
             if item is None:
+                self._direct.close()
                 return
             shard_id, entries, timestamps = item
             try:
@@ -362,7 +377,7 @@ class MovieWriter:
             chunks[pos] = fut.result()
         t = time.perf_counter()
         key = [str(shard_id)] + ["0"] * len(self.frame_shape)
-        n_bytes = _shards.write_shard(self.path.joinpath(IMAGE_PATH, "c", *key), chunks)
+        n_bytes = _shards.write_shard(self.path.joinpath(IMAGE_PATH, "c", *key), chunks, direct=self._direct)
         # timestamps: one uncompressed chunk per shard, NaN where absent
         ts = np.full(S, np.nan, dtype="<f8")
         for i, value in timestamps.items():
@@ -424,6 +439,7 @@ def create_movie(
     first_seq: int = 0,
     overwrite: bool = False,
     name: str | None = None,
+    direct_io: bool = True,
 ) -> MovieWriter:
     """Create an empty movie store and return its :class:`MovieWriter`.
 
@@ -451,6 +467,10 @@ def create_movie(
         Recorded in zarr's codec metadata and as ``trackflow.compression``.
     compression_threads : int, optional
         Threads compressing frames (default: the cores).
+    direct_io : bool
+        Write shard files past the page cache (``O_DIRECT``) where the file
+        system allows it, through it elsewhere (``acquire.direct_io``); the
+        files are the same either way (:class:`pipeline.io._shards.DirectWriter`).
     """
     path = Path(path)
     compression = compression_settings(clevel=clevel, codec=codec, shuffle=shuffle, dtype=dtype)
@@ -531,6 +551,7 @@ def create_movie(
         compression_threads=compression_threads,
         buffer_bytes=buffer_bytes,
         first_seq=first_seq,
+        direct_io=direct_io,
     )
 
 
