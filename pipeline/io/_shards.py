@@ -192,7 +192,7 @@ def absent(index: np.ndarray) -> np.ndarray:
     return (index[:, 0] == _ABSENT) & (index[:, 1] == _ABSENT)
 
 
-def write_shard(path: Path, chunks: Sequence[Sequence[bytes] | None], direct: "DirectWriter | None" = None) -> int:
+def write_shard(path: Path, chunks: Sequence[Sequence[bytes] | None], direct: DirectWriter | None = None) -> int:
     """Write one shard file, whole and atomically.
 
     Parameters
