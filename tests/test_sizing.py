@@ -626,6 +626,33 @@ def test_ems_width_zero_is_walkers_em_and_smoothing_is_chosen_from_the_candidate
     assert sizing.distribution_figures(grid_nm=grid, weights=smooth)["mode"] == pytest.approx(150.0, rel=0.1)
 
 
+def test_walker_em_fits_many_weightings_at_once_as_one_at_a_time():
+    """The bootstrap's replicates in one call (matrix products on one BLAS
+    thread) give each replicate's own fit: the same iterations, and weights
+    and D50 within the EM's own tolerance (size.tol, 1e-6; the products are
+    summed in another order, which moves the weights by ~1e-8)."""
+    from pipeline.size.walker import diameter_grid, walker_em, walker_likelihood
+
+    rng = np.random.default_rng(28)
+    D = stokes_einstein_D(rng.choice([100.0, 250.0], size=500), T, ETA)
+    k = rng.integers(3, 30, size=500)
+    m = rng.gamma(k, 4 * D * DT / k)
+    grid = diameter_grid(10, 3000, 100)
+    P = walker_likelihood(m, k, frame_interval_s=DT, temperature_K=T, viscosity_Pa_s=ETA, grid_nm=grid)
+    W = rng.multinomial(len(m), np.full(len(m), 1 / len(m)), size=12).astype(float)
+    together, iterations, converged = walker_em(P, weights=W)
+    assert converged.all() and len(set(iterations)) > 1  # the replicates stop at their own time
+    for row, w in enumerate(W):
+        alone, it, _ = walker_em(P, weights=w[None, :])
+        assert it[0] == iterations[row]
+        np.testing.assert_allclose(together[row], alone[0], rtol=0, atol=1e-6)
+        d50 = [sizing.distribution_figures(grid_nm=grid, weights=w)["d50"] for w in (together[row], alone[0])]
+        assert d50[0] == pytest.approx(d50[1], rel=1e-6)
+    # negative control: the replicates differ from one another and from the unweighted fit
+    assert np.abs(together[0] - together[1]).max() > 1e-4
+    assert np.abs(together[0] - walker_em(P)[0][0]).max() > 1e-4
+
+
 def test_ems_distribution_on_long_tracks_is_smooth_and_single_peaked():
     D = stokes_einstein_D(200.0, T, ETA)
     pos, _ = blurred_tracks(300, 40, D, exposure=DT, sigma=0.03, seed=27)

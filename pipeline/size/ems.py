@@ -92,8 +92,8 @@ def ems(
     p = np.full(L, 1.0 / L) if start is None else np.asarray(start, dtype=float) / np.sum(start)
     prev = -np.inf
     for it in range(1, int(max_iter) + 1):
-        # einsum, not BLAS: memory-bound products that a shared multi-threaded
-        # BLAS slows down (as in walker.py)
+        # einsum, not BLAS: one weighting's products are memory-bound, and a
+        # shared multi-threaded BLAS slows them down (walker.py's _one_blas_thread)
         Q = np.maximum(np.einsum("jl,l->j", Pw, p), np.finfo(float).tiny)
         ll = float(np.dot(w, np.log(Q)) / wsum)
         em = p * np.einsum("j,jl->l", w / Q, Pw) / wsum

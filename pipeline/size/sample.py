@@ -35,7 +35,7 @@ from .lag import choose_step_lag, lag_phases, phase_track, step_correlation
 from .parameters import check_params
 from .steps import track_steps
 from .mislinks import jump_log_density, jump_responsibilities, step_log_likelihood, weighted_dispersion
-from .walker import diameter_grid
+from .walker import diameter_grid, walker_em
 
 __all__ = ["size_tracks", "frame_timing"]
 
@@ -730,8 +730,13 @@ def _bootstrap_intervals(P: np.ndarray, weights: np.ndarray, grid: np.ndarray, w
     near = np.convolve((weights > 1e-6 * weights.max()).astype(float), np.ones(21), mode="same") > 0
     P_near = np.ascontiguousarray(P[:, near])
     pb = np.zeros((len(W), grid.size))
-    for i, w in enumerate(W):
-        pb[i, near] = fit_distribution(P_near, grid[near], width, weights=w, max_iter=p["max_iter"], tol=p["tol"])[0]
+    if width <= 0:
+        # Walker's EM fits every replicate at once: one pass over the likelihood per update, not one per replicate
+        pb[:, near] = walker_em(P_near, weights=W, max_iter=p["max_iter"], tol=p["tol"])[0]
+    else:
+        for i, w in enumerate(W):
+            pb[i, near] = fit_distribution(P_near, grid[near], width, weights=w, max_iter=p["max_iter"],
+                                           tol=p["tol"])[0]
     modes = np.array([grid_mode(grid, row, 1.5) for row in pb])
     d50s = np.array([grid_quantiles(grid, row, [0.5])[0] for row in pb])
     mode_ci = [float(v) for v in np.nanpercentile(modes, [2.5, 97.5])]
