@@ -5,9 +5,7 @@ The same frames go through
 - ``trackpy.batch(processes=1)`` (the serial reference),
 - ``trackpy.batch(processes='auto')`` (trackpy's own multiprocessing),
 - trackflow's ``locate_movie`` from the OME-Zarr store, with the
-  ``processes`` and ``threads`` schedulers on ``--workers`` workers, and
-  with no ``compute`` section (``default``: ``compute.scheduler`` auto,
-  threads where the compiled image filters run),
+  ``processes`` and ``threads`` schedulers on ``--workers`` workers,
 
 for two movies: a simulated 512x512 NTA movie with ~100 particles and the
 real ``bulk_water`` frames. Every method runs ``--repeats`` times,
@@ -102,7 +100,6 @@ def compare_speed(name, frames, options, workers, repeats, workdir) -> dict:
         "trackpy_parallel": lambda: tp.batch(frames, processes="auto", **options),
         "processes": lambda: locate_movie(path, compute={"scheduler": "processes"}, threads=workers, **options),
         "threads": lambda: locate_movie(path, compute={"scheduler": "threads"}, threads=workers, **options),
-        "default": lambda: locate_movie(path, threads=workers, **options),
     }
     times: dict[str, list[float]] = {key: [] for key in methods}
     results = {}
@@ -112,8 +109,8 @@ def compare_speed(name, frames, options, workers, repeats, workdir) -> dict:
             times[key].append(seconds)
     reference = in_trackflow_order(results["trackpy_serial"])
     identical = True
-    for key in ("trackpy_parallel", "processes", "threads", "default"):
-        other = results[key] if key in ("processes", "threads", "default") else in_trackflow_order(results[key])
+    for key in ("trackpy_parallel", "processes", "threads"):
+        other = results[key] if key in ("processes", "threads") else in_trackflow_order(results[key])
         try:
             pd.testing.assert_frame_equal(other, reference)
         except AssertionError as exc:
@@ -129,7 +126,6 @@ def compare_speed(name, frames, options, workers, repeats, workdir) -> dict:
         "speedup_processes_vs_serial": round(best["trackpy_serial"] / best["processes"], 3),
         "speedup_threads_vs_serial": round(best["trackpy_serial"] / best["threads"], 3),
         "speedup_processes_vs_trackpy_parallel": round(best["trackpy_parallel"] / best["processes"], 3),
-        "speedup_default_vs_serial": round(best["trackpy_serial"] / best["default"], 3),
         "identical": identical,
         "_best": best,
     }
@@ -274,10 +270,10 @@ def main(argv=None) -> dict:
         per_dataset = {name: compare_speed(name, frames, options, args.workers, repeats, workdir)
                        for name, (frames, options) in datasets.items()}
         total = {key: sum(d["_best"][key] for d in per_dataset.values()) for key in
-                 ("trackpy_serial", "trackpy_parallel", "processes", "threads", "default")}
-        # the targets are the default's: what a config without a compute section gets
-        report["speedup_vs_serial"] = round(total["trackpy_serial"] / total["default"], 3)
-        report["speedup_vs_trackpy_parallel"] = round(total["trackpy_parallel"] / total["default"], 3)
+                 ("trackpy_serial", "trackpy_parallel", "processes", "threads")}
+        default = DEFAULT_SCHEDULER if DEFAULT_SCHEDULER in ("processes", "threads") else "processes"
+        report["speedup_vs_serial"] = round(total["trackpy_serial"] / total[default], 3)
+        report["speedup_vs_trackpy_parallel"] = round(total["trackpy_parallel"] / total[default], 3)
         report["speedup_threads_vs_serial"] = round(total["trackpy_serial"] / total["threads"], 3)
         report["speedup_processes_vs_serial"] = round(total["trackpy_serial"] / total["processes"], 3)
         report["identical"] = all(d["identical"] for d in per_dataset.values())

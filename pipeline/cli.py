@@ -52,8 +52,8 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("compute")
     group.add_argument(
         "--scheduler",
-        choices=("auto", "threads", "processes", "synchronous", "address", "scheduler_file", "slurm"),
-        help="Dask scheduler (default: the config's compute.scheduler, else auto)",
+        choices=("threads", "processes", "synchronous", "address", "scheduler_file", "slurm"),
+        help="Dask scheduler (default: the config's compute.scheduler, else processes)",
     )
     group.add_argument("--address", help="address of a running dask.distributed scheduler")
     group.add_argument("--scheduler-file", help="scheduler file of a running dask.distributed cluster")

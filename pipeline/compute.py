@@ -3,15 +3,11 @@ config section into a scheduler, and maps a per-chunk function over a movie.
 
 ``compute.scheduler`` selects where the tasks of a stage run:
 
-- ``auto`` (default): ``threads`` for a stage whose work releases the GIL
-  (the caller says so: locate through its compiled image filters, the
-  learned detector), ``processes`` for the rest;
-- ``processes`` or ``threads``: Dask's local schedulers, sized from the
-  ``threads`` the caller (a Snakemake rule) was given. trackpy's own
-  filters and refinement, refine and segment hold the GIL for most of their
-  work, so threads barely scale there; worker processes come from a fork
-  server that has already imported trackpy, so a pool costs milliseconds
-  after the first one;
+- ``processes`` (default) or ``threads``: Dask's local schedulers, sized from
+  the ``threads`` the caller (a Snakemake rule) was given. trackpy holds the
+  GIL for most of its work, so threads barely scale and processes are the
+  default; worker processes come from a fork server that has already
+  imported trackpy, so a pool costs milliseconds after the first one;
 - ``synchronous``: in this process, for debugging (also used whenever a
   local scheduler would get a single worker);
 - ``address``: an existing ``dask.distributed`` scheduler (``compute.address``);
@@ -51,7 +47,6 @@ __all__ = [
     "COMPUTE_KEYS",
     "DEFAULT_SCHEDULER",
     "dask_scheduler",
-    "resolve_scheduler",
     "scheduler_workers",
     "frame_ranges",
     "map_frame_chunks",
@@ -132,7 +127,6 @@ def dask_scheduler(
     threads: int | None = None,
     *,
     preload: Iterable[str] = (),
-    releases_gil: bool = False,
 ) -> Iterator[dict]:
     """Yield the keyword arguments for ``dask.compute`` that run on the
     scheduler chosen by ``compute`` (the config section), and tear down what
@@ -149,10 +143,6 @@ def dask_scheduler(
     preload : iterable of str
         Modules for the worker processes of the ``processes`` scheduler to
         import before their first task (the module of the task function).
-    releases_gil : bool
-        The tasks spend most of their time without the GIL: ``auto`` runs
-        them on threads (no worker processes to start, no frames or tables
-        pickled between them), else on processes.
 
     Examples
     --------
@@ -160,7 +150,7 @@ def dask_scheduler(
     ...     dask.compute(*tasks, **how)  # doctest: +SKIP
     """
     compute = validate_compute(compute)
-    kind = resolve_scheduler(compute["scheduler"], releases_gil)
+    kind = compute["scheduler"]
     if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     workers = int(threads or compute.get("threads") or _available_cores())
@@ -243,15 +233,6 @@ def _wait_for_slurm_worker(cluster, client, poll_s: float = 1.0) -> None:
         time.sleep(poll_s)
 
 
-def resolve_scheduler(scheduler: str, releases_gil: bool = False) -> str:
-    """The scheduler ``compute.scheduler`` means for a stage: ``auto`` is
-    ``threads`` for work that releases the GIL and ``processes`` otherwise;
-    every other kind is itself."""
-    if scheduler == "auto":
-        return "threads" if releases_gil else "processes"
-    return scheduler
-
-
 def scheduler_workers(how: Mapping[str, Any]) -> int:
     """How many tasks the scheduler given by :func:`dask_scheduler` runs at once."""
     scheduler = how.get("scheduler")
@@ -303,7 +284,6 @@ def map_frame_chunks(
     frames_per_task: int | None = None,
     chunk_kwargs: Callable[[int, int], Mapping[str, Any] | None] | None = None,
     progress: str | None = None,
-    releases_gil: bool = False,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """Apply ``func(frames, first_frame, **kwargs)`` to consecutive ranges of
@@ -334,9 +314,6 @@ def map_frame_chunks(
         Report progress in frames under this label (a stage's name) as the
         tasks finish (:func:`pipeline.progress.progress`); None reports
         nothing.
-    releases_gil : bool
-        ``func`` spends most of its time without the GIL (see
-        :func:`dask_scheduler`): ``compute.scheduler: auto`` runs it on threads.
 
     Returns
     -------
@@ -350,7 +327,7 @@ def map_frame_chunks(
     compute = validate_compute(compute)
     per_task = frames_per_task if frames_per_task is not None else compute.get("frames_per_task")
     module = getattr(func, "__module__", None)
-    with dask_scheduler(compute, threads, preload=[module] if module else [], releases_gil=releases_gil) as how:
+    with dask_scheduler(compute, threads, preload=[module] if module else []) as how:
         bounds = frame_ranges(len(movie), movie.frames_per_shard, scheduler_workers(how), per_task)
         tasks, frames = [], []
         for start, stop in bounds:

@@ -82,8 +82,7 @@ def test_frame_ranges_honour_frames_per_task():
 @pytest.mark.parametrize(
     ("compute", "threads", "expected"),
     [
-        ({}, 2, "processes"),  # auto, for work that holds the GIL
-        ({"scheduler": "auto"}, 2, "processes"),
+        ({}, 2, DEFAULT_SCHEDULER),
         ({"scheduler": "threads"}, 3, "threads"),
         ({"scheduler": "processes"}, 2, "processes"),
         ({"scheduler": "synchronous"}, 4, "synchronous"),
@@ -115,29 +114,6 @@ def test_bad_compute_sections_are_errors_naming_the_key(compute, error, message)
     with pytest.raises(error, match=message):
         with dask_scheduler(compute, 2):
             pass
-
-
-def test_auto_is_threads_only_for_work_that_releases_the_gil():
-    assert DEFAULT_SCHEDULER == "auto"
-    for releases_gil, expected in ((True, "threads"), (False, "processes")):
-        with dask_scheduler({}, 2, releases_gil=releases_gil) as how:
-            assert how["scheduler"] == expected and scheduler_workers(how) == 2
-    # an explicit choice is kept either way
-    with dask_scheduler({"scheduler": "processes"}, 2, releases_gil=True) as how:
-        assert how["scheduler"] == "processes"
-    with dask_scheduler({"scheduler": "threads"}, 2, releases_gil=False) as how:
-        assert how["scheduler"] == "threads"
-
-
-@pytest.mark.parametrize("releases_gil", [True, False])
-def test_map_frame_chunks_on_auto_runs_where_the_work_says(movie, releases_gil):
-    path, frames = movie
-    result = map_frame_chunks(frame_stats, path, threads=2, frames_per_task=5, releases_gil=releases_gil)
-    assert list(result["frame"]) == list(range(len(frames)))
-    if releases_gil:
-        assert set(result["pid"]) == {os.getpid()}  # threads of this process
-    else:
-        assert os.getpid() not in set(result["pid"])
 
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])

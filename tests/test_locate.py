@@ -126,31 +126,6 @@ def test_every_local_scheduler_gives_the_same_features(spots_movie, scheduler):
     pd.testing.assert_frame_equal(found, batch(frames, diameter=7, minmass=500))
 
 
-def test_auto_scheduler_uses_threads_where_the_compiled_filters_run(tmp_path, spots_movie, monkeypatch):
-    """compute.scheduler auto (the default): locate says its work releases
-    the GIL when its frames go through the compiled image filters (2D integer
-    frames, engine numba), not when trackpy's SciPy filters run (float
-    frames, engine python); the features are trackpy's either way."""
-    from pipeline.locate import stage
-
-    declared, real = [], stage.map_frame_chunks
-
-    def spy(*args, releases_gil=False, **kwargs):
-        declared.append(releases_gil)
-        return real(*args, releases_gil=releases_gil, **kwargs)
-
-    monkeypatch.setattr(stage, "map_frame_chunks", spy)
-    path, frames = spots_movie
-    for options in ({}, {"engine": "python"}):
-        found = locate_movie(path, threads=2, frames_per_task=2, diameter=7, minmass=500, **options)
-        pd.testing.assert_frame_equal(found, batch(frames, diameter=7, minmass=500, **options))
-    floats = tmp_path / "floats.ome.zarr"
-    write_movie(floats, frames.astype(np.float32), pixel_size_um=0.2, frame_interval_s=0.05)
-    found = locate_movie(floats, threads=2, frames_per_task=2, diameter=7, minmass=500)
-    pd.testing.assert_frame_equal(found, batch(frames.astype(np.float32), diameter=7, minmass=500))
-    assert declared == [True, False, False]
-
-
 def test_locate_frames_numbers_frames_from_first_frame(spots_movie):
     _, frames = spots_movie
     found = locate_frames(frames[3:5], first_frame=3, diameter=7, minmass=500)

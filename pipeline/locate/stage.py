@@ -143,13 +143,10 @@ def locate_movie(
     movie = _open(movie)
     if "diameter" not in options:
         raise ValueError("locate: the parameter 'diameter' is required")
-    releases_gil = False
     if method == "trackpy":
         task = _locate_chunk
         options = _check_options(options.pop("diameter"), options, movie.ndim)
         empty = lambda: empty_features(movie.ndim, **options)  # noqa: E731
-        # the compiled image filters run without the GIL: threads, no worker processes (compute.scheduler auto)
-        releases_gil = image_filters_used(options, movie.frame_shape, movie.dtype) == "compiled"
     else:
         unknown = sorted(set(options) - set(TRACKPY_OPTIONS) - {"diameter"})
         if unknown:
@@ -178,8 +175,7 @@ def locate_movie(
             options = {"detector": model, "diameter": options["diameter"], "invert": invert,
                        "characterize": characterize, **detection}
             compute = dict(compute or {})
-            releases_gil = True  # JAX computes without the GIL
-            if compute.get("scheduler") == "processes":
+            if compute.get("scheduler", "processes") == "processes":
                 compute["scheduler"] = "threads"
 
             def empty():
@@ -212,7 +208,6 @@ def locate_movie(
             chunk_kwargs=dropped_in,
             options=options,
             progress="locate",
-            releases_gil=releases_gil,
         )
     if features is None or len(features) == 0:
         hint = {"trackpy": "diameter and minmass", "matched": "diameter and matched.false_rate",
