@@ -84,6 +84,19 @@ def slurm_cluster() -> dict:
     return {"partition": partition, "jobcomp_log": jobcomp_log}
 
 
+def takes_o_direct(folder: Path) -> bool:
+    """Whether the file system of ``folder`` opens files with O_DIRECT (where
+    the movie writer bypasses the page cache)."""
+    probe = Path(folder) / "o_direct.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except (OSError, AttributeError):  # refused, or a platform without O_DIRECT
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    return True
+
+
 def spots_frame(rng, n=60, shape=(256, 256), snr=5.0, sigma=1.5, noise=10.0, background=100.0, min_distance=10.0,
                 margin=6.0):
     """Gaussian spots (peak snr * noise) sampled at the pixel centres, at

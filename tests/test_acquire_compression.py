@@ -5,11 +5,11 @@ camera's frames bit for bit, records its settings, and passes
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
 
+from conftest import takes_o_direct
 from pipeline.acquire import SimulatedCamera, acquire
 from pipeline.cli import main
 from pipeline.io.check import check_movie
@@ -95,13 +95,7 @@ def test_direct_io_is_recorded_and_changes_no_byte(tmp_path):
         movie = acquire(SimulatedCamera(**SOURCE), out, frames_per_shard=5, report=False, direct_io=direct)
         assert np.array_equal(movie.frames(), camera_frames())
         stores[direct] = (out, movie.attrs["stream"])
-    probe = tmp_path / "probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
-        takes_direct = True
-    except OSError:
-        takes_direct = False
-    assert stores[True][1]["write_mode"] == ("direct" if takes_direct else "buffered")
+    assert stores[True][1]["write_mode"] == ("direct" if takes_o_direct(tmp_path) else "buffered")
     assert stores[False][1]["write_mode"] == "buffered" and stores[False][1]["direct_io_refused"] is None
     shards = {d: sorted((out / "0" / "c").iterdir()) for d, (out, _) in stores.items()}
     assert [p.name for p in shards[True]] == [p.name for p in shards[False]]

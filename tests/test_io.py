@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import zarr
 
+from conftest import takes_o_direct
 from pipeline.io import (
     MovieError,
     TableError,
@@ -230,18 +231,6 @@ def test_shards_are_the_bytes_zarr_writes(tmp_path, frames, zarr_blosc_typesize,
             assert (ours / sub / rel).read_bytes() == (theirs / sub / rel).read_bytes(), rel
 
 
-def _takes_o_direct(folder):
-    """Whether the file system of ``folder`` opens files with O_DIRECT."""
-    probe = folder / "o_direct.probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
-    except OSError:
-        return False
-    finally:
-        probe.unlink(missing_ok=True)
-    return True
-
-
 def test_shards_past_the_page_cache_are_the_same_files(tmp_path, frames):
     """acquire.direct_io: the same files with O_DIRECT and through the page
     cache, and the writer says which way they went."""
@@ -253,7 +242,7 @@ def test_shards_past_the_page_cache_are_the_same_files(tmp_path, frames):
             writer.write(i, frame, timestamp=float(i))
         writer.close()
         stores[direct] = (path, writer.io_mode)
-    expected = "direct" if _takes_o_direct(tmp_path) else "buffered"
+    expected = "direct" if takes_o_direct(tmp_path) else "buffered"
     assert stores[True][1] == expected and stores[False][1] == "buffered"
     files = {
         d: sorted(p.relative_to(path) for p in (path / "0" / "c").rglob("*") if p.is_file())
@@ -270,7 +259,7 @@ def test_direct_writer_pads_to_blocks_and_truncates(tmp_path):
     (the buffer grows): each file is exactly its parts."""
     from pipeline.io._shards import DirectWriter
 
-    if not _takes_o_direct(tmp_path):
+    if not takes_o_direct(tmp_path):
         pytest.skip("this file system does not take O_DIRECT")
     rng = np.random.default_rng(3)
     block = DirectWriter.ALIGN
