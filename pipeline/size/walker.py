@@ -168,44 +168,38 @@ def walker_em(
     prev = np.full(B, -np.inf)
     max_iter = int(max_iter)
     with _one_blas_thread():
-        _em_loop(p, P, W, wsum, iterations, converged, active, prev, max_iter, tol, accelerate)
+        while active.size:
+            pa, Wa, wa = p[active], W[active], wsum[active]
+            if accelerate and iterations[active[0]] + 3 <= max_iter:
+                p1, ll0 = _em_map(pa, P, Wa, wa)
+                p2, ll1 = _em_map(p1, P, Wa, wa)
+                r = p1 - pa
+                v = p2 - p1 - r
+                rn = np.sqrt(np.sum(r**2, axis=1))
+                vn = np.sqrt(np.sum(v**2, axis=1))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    alpha = np.where(vn > 0, -rn / vn, -1.0)
+                alpha = np.minimum(alpha, -1.0)[:, None]
+                trial = pa - 2 * alpha * r + alpha**2 * v
+                trial[trial < _WEIGHT_FLOOR] = 0.0
+                trial /= np.maximum(trial.sum(axis=1, keepdims=True), np.finfo(float).tiny)
+                p3, ll3 = _em_map(trial, P, Wa, wa)
+                worse = ~(ll3 >= ll1)  # extrapolation failed: keep the plain EM step
+                new = np.where(worse[:, None], p2, p3)
+                ll = np.where(worse, ll1, ll3)
+                iterations[active] += 3
+            else:
+                new, ll = _em_map(pa, P, Wa, wa)
+                iterations[active] += 1
+            p[active] = new
+            done = (ll - prev[active] < tol) & np.isfinite(prev[active])
+            prev[active] = ll
+            converged[active[done]] = True
+            active = active[~done & (iterations[active] < max_iter)]
     p /= p.sum(axis=1, keepdims=True)
     full = np.zeros((B, L_full))
     full[:, support] = p
     return full, iterations, converged
-
-
-def _em_loop(p, P, W, wsum, iterations, converged, active, prev, max_iter, tol, accelerate) -> None:
-    """:func:`walker_em`'s iterations, updating ``p``, ``iterations``,
-    ``converged`` and ``prev`` in place."""
-    while active.size:
-        pa, Wa, wa = p[active], W[active], wsum[active]
-        if accelerate and iterations[active[0]] + 3 <= max_iter:
-            p1, ll0 = _em_map(pa, P, Wa, wa)
-            p2, ll1 = _em_map(p1, P, Wa, wa)
-            r = p1 - pa
-            v = p2 - p1 - r
-            rn = np.sqrt(np.sum(r**2, axis=1))
-            vn = np.sqrt(np.sum(v**2, axis=1))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                alpha = np.where(vn > 0, -rn / vn, -1.0)
-            alpha = np.minimum(alpha, -1.0)[:, None]
-            trial = pa - 2 * alpha * r + alpha**2 * v
-            trial[trial < _WEIGHT_FLOOR] = 0.0
-            trial /= np.maximum(trial.sum(axis=1, keepdims=True), np.finfo(float).tiny)
-            p3, ll3 = _em_map(trial, P, Wa, wa)
-            worse = ~(ll3 >= ll1)  # extrapolation failed: keep the plain EM step
-            new = np.where(worse[:, None], p2, p3)
-            ll = np.where(worse, ll1, ll3)
-            iterations[active] += 3
-        else:
-            new, ll = _em_map(pa, P, Wa, wa)
-            iterations[active] += 1
-        p[active] = new
-        done = (ll - prev[active] < tol) & np.isfinite(prev[active])
-        prev[active] = ll
-        converged[active[done]] = True
-        active = active[~done & (iterations[active] < max_iter)]
 
 
 def walker_distribution(
