@@ -1,5 +1,6 @@
 """The contracts between stages: movie store and tables."""
 
+import fcntl
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from pipeline.io import (
     write_movie,
     write_table,
 )
+from pipeline.io.check import check_movie
 from pipeline.io.files import atomic_path, atomic_write
 from pipeline.io.movie import update_attributes
 from pipeline.physics import stokes_einstein_D, stokes_einstein_diameter, water_viscosity
@@ -273,16 +275,145 @@ def test_direct_writer_pads_to_blocks_and_truncates(tmp_path):
     writer.close()
 
 
+@pytest.mark.parametrize("step", [None, 3 * 4096, 3 * 4096 + 100])
+def test_direct_writer_writes_aligned_buffers_in_place_and_resumes_short_writes(tmp_path, monkeypatch, step):
+    """Page-aligned buffers written where they lie, then the packed parts; a
+    write that stops short (on a block boundary, or off one: the rest goes
+    through the page cache) resumes where it stopped."""
+    from pipeline.io import _shards
+    from pipeline.io._shards import ALIGN, DirectWriter, _aligned_empty
+
+    if not takes_o_direct(tmp_path):
+        pytest.skip("this file system does not take O_DIRECT")
+    rng = np.random.default_rng(5)
+    aligned = []
+    for pages in (1, 5, 2):
+        buf = _aligned_empty(pages * ALIGN)
+        buf[:] = rng.integers(0, 256, buf.size, dtype=np.uint8)
+        aligned.append(memoryview(buf))
+    parts = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (17, ALIGN + 3)]
+    if step is not None:
+        real_write = os.write
+
+        def short_write(fd, data):
+            # as a kernel that stops part-way: at most `step` bytes (an unaligned
+            # count cannot be asked of O_DIRECT, so the flag is lifted for the call)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            try:
+                return real_write(fd, memoryview(data)[:step])
+            finally:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+        monkeypatch.setattr(_shards.os, "write", short_write)
+        monkeypatch.setattr(_shards.os, "writev", lambda fd, buffers: short_write(fd, buffers[0]))
+    writer = DirectWriter()
+    path = tmp_path / "f"
+    assert writer.write(path, parts, aligned=aligned)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"".join(bytes(a) for a in aligned) + b"".join(parts)
+    assert writer.mode == "direct"
+    writer.close()
+
+
+@pytest.fixture
+def large_frames():
+    """Frames whose chunks pass ALIGNED_CHUNK_MIN (12-bit noise: about 0.4 MB each)."""
+    rng = np.random.default_rng(11)
+    return rng.integers(0, 4096, size=(7, 512, 512), dtype=np.uint16)
+
+
+def _chunks_by_index(shard_path, n_chunks):
+    from pipeline.io import _shards
+
+    data, index = shard_path.read_bytes(), _shards.read_index(shard_path, n_chunks)
+    return [
+        None if _shards.absent(index)[i] else (int(index[i, 0]), data[index[i, 0] : index[i, 0] + index[i, 1]])
+        for i in range(n_chunks)
+    ]
+
+
+def test_large_chunks_go_to_disk_in_place_from_page_boundaries(tmp_path, large_frames):
+    """With O_DIRECT, chunks past ALIGNED_CHUNK_MIN are written from the
+    encoder's buffers, each from a page boundary (unused space between chunks,
+    as the sharding spec allows): every chunk the same bytes as through the
+    page cache, which stays packed as zarr packs it, and zarr reads the frames."""
+    from pipeline.io import _shards
+
+    if not takes_o_direct(tmp_path):
+        pytest.skip("this file system does not take O_DIRECT")
+    stores = {}
+    for direct in (True, False):
+        path = tmp_path / f"direct-{direct}.ome.zarr"
+        writer = create_movie(path, large_frames.shape[1:], large_frames.dtype, frames_per_shard=3, direct_io=direct)
+        for i, frame in enumerate(large_frames):
+            if i != 4:
+                writer.write(i, frame, timestamp=float(i))
+        writer.close()
+        assert writer.io_mode == ("direct" if direct else "buffered")
+        stores[direct] = path
+    expected = large_frames.copy()
+    expected[4] = 0
+    for shard in range(3):
+        rel = f"0/c/{shard}/0/0"
+        aligned = _chunks_by_index(stores[True] / rel, 3)
+        packed = _chunks_by_index(stores[False] / rel, 3)
+        assert [c is None for c in aligned] == [c is None for c in packed]
+        present = [(a, p) for a, p in zip(aligned, packed) if a is not None]
+        assert all(a[0] % _shards.ALIGN == 0 and a[1] == p[1] for a, p in present)
+        assert all(len(p[1]) >= _shards.ALIGNED_CHUNK_MIN for _, p in present)
+        # negative control: the packed store has no gaps, the in-place one has
+        ends = [p[0] + len(p[1]) for _, p in present]
+        assert [p[0] for _, p in present] == [0] + ends[:-1]
+        if len(present) > 1:
+            assert (stores[True] / rel).stat().st_size > (stores[False] / rel).stat().st_size
+    for path in stores.values():
+        assert np.array_equal(zarr.open_array(str(path / "0"), mode="r")[:], expected)
+        assert np.array_equal(open_movie(path).frames(), expected)
+        assert check_movie(path).ok
+
+
+def test_frames_encode_through_numcodecs_where_c_blosc_is_out_of_reach(tmp_path, frames, monkeypatch):
+    """No c-blosc symbol to call (another numcodecs build), or a first frame
+    that does not round-trip: numcodecs encodes, and the files are the same."""
+    from pipeline.io import _shards
+
+    def store(name):
+        path = tmp_path / name
+        writer = create_movie(path, frames.shape[1:], frames.dtype, frames_per_shard=8, direct_io=False)
+        for i, frame in enumerate(frames):
+            writer.write(i, frame)
+        writer.close()
+        return writer, sorted((p.relative_to(path), p.read_bytes()) for p in (path / "0" / "c").rglob("*") if p.is_file())
+
+    reference_writer, reference = store("reference.ome.zarr")
+    assert reference_writer._encoder.in_place  # the in-place path ran
+    monkeypatch.setattr(_shards, "_blosc_compress_ctx", lambda: None)
+    writer, files = store("no-symbol.ome.zarr")
+    assert not writer._encoder.in_place and files == reference
+    monkeypatch.undo()
+    monkeypatch.setattr(_shards.numcodecs.Blosc, "decode", lambda self, buf, out=None: b"\0" * frames[0].nbytes)
+    with pytest.warns(UserWarning, match="round-trip"):
+        writer, files = store("no-round-trip.ome.zarr")
+    assert not writer._encoder.in_place and files == reference
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
 @pytest.mark.parametrize("refused_at", ["open", "write"])
-def test_shards_go_through_the_page_cache_where_o_direct_is_refused(tmp_path, frames, monkeypatch, refused_at):
+def test_shards_go_through_the_page_cache_where_o_direct_is_refused(
+    tmp_path, frames, large_frames, monkeypatch, refused_at, size
+):
     """A file system that refuses O_DIRECT (at open, as tmpfs before Linux 6.6;
     or at the first write, a block size not the page's): the shards are
     written through the page cache, the same files, and the writer says why.
-    It asks once, not for every shard."""
+    It asks once, not for every shard. Large chunks (written in place, with
+    writev) fall back the same way."""
     from pipeline.io import _shards
 
+    frames = large_frames if size == "large" else frames
+
     asked, direct_fds = [], set()
-    real_open, real_write, real_close = os.open, os.write, os.close
+    real_open, real_write, real_writev, real_close = os.open, os.write, os.writev, os.close
 
     def refusing_open(path, flags, *args, **kwargs):
         if flags & os.O_DIRECT:
@@ -299,6 +430,11 @@ def test_shards_go_through_the_page_cache_where_o_direct_is_refused(tmp_path, fr
             raise OSError(22, "Invalid argument")
         return real_write(fd, data)
 
+    def refusing_writev(fd, buffers):
+        if fd in direct_fds:
+            raise OSError(22, "Invalid argument")
+        return real_writev(fd, buffers)
+
     def close(fd):
         direct_fds.discard(fd)  # its number is free for the next file
         real_close(fd)
@@ -306,6 +442,7 @@ def test_shards_go_through_the_page_cache_where_o_direct_is_refused(tmp_path, fr
     monkeypatch.setattr(_shards.os, "open", refusing_open)
     monkeypatch.setattr(_shards.os, "close", close)
     monkeypatch.setattr(_shards.os, "write", refusing_write)
+    monkeypatch.setattr(_shards.os, "writev", refusing_writev)
     path = tmp_path / "m.ome.zarr"
     writer = create_movie(path, frames.shape[1:], frames.dtype, frames_per_shard=7)
     for i, frame in enumerate(frames):

@@ -32,16 +32,30 @@ file system takes it. The camera's stream is written once and not read back
 by this process, and copying it into the page cache was the writer's largest
 CPU cost: on 2048 x 2048 uint16 frames (3.7 MB compressed) 3.5 to 5.8 ms a
 frame against 0.6 to 0.9 ms for the copy into an aligned buffer and the
-direct write (benchmarks/acquire.py reports both paths' CPU). The bytes on
-disk are the same either way.
+direct write (benchmarks/acquire.py reports both paths' CPU).
+
+:class:`FrameEncoder` compresses each frame straight into a reused,
+page-aligned buffer (the ``blosc_compress_ctx`` that numcodecs itself calls,
+through ctypes), so a shard of large frames goes to disk from those buffers
+with no copy at all: each of its chunks then starts on a page boundary, the
+unused space the sharding specification allows between chunks ("inner chunks
+are written successively in a shard, where unused space between them is
+allowed"), under 0.1 % of a 2048 x 2048 frame. Shards of smaller chunks (below
+:data:`ALIGNED_CHUNK_MIN`), and every shard written through the page cache,
+are packed: the bytes zarr itself writes. Either way each chunk is the same
+bytes, and the index says where it lies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import mmap
 import os
+import threading
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +67,12 @@ from .files import atomic_path
 
 _ABSENT = np.uint64(2**64 - 1)
 CHECKSUM_BYTES = 4
+BLOSC_MAX_OVERHEAD = 16  # c-blosc 1.x: the header; a frame never compresses to more than its bytes plus this
+#: Alignment of buffers, offsets and lengths for ``O_DIRECT``: a page, a multiple of any common logical block.
+ALIGN = mmap.PAGESIZE
+#: Chunks at least this long are written in place, each from a page boundary
+#: (padding under 1.6 %); shards with a shorter chunk are packed.
+ALIGNED_CHUNK_MIN = 64 * ALIGN
 
 
 #: The Blosc compressors a store may use (``acquire.codec``).
@@ -119,27 +139,222 @@ def encode_chunk(codec: numcodecs.Blosc, frame: np.ndarray) -> tuple[bytes, byte
     return data, checksum(data)
 
 
-def shard_index(chunks: Sequence[Sequence[bytes] | None]) -> bytes:
-    """The index and its CRC-32C for ``chunks`` stored in that order.
+def _round_up(nbytes: int, align: int = ALIGN) -> int:
+    return -(-nbytes // align) * align
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    """An uninitialised uint8 array of ``nbytes`` starting on a page boundary."""
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes]
+
+
+class Chunk:
+    """One encoded frame as stored: its Blosc bytes, then their CRC-32C.
 
     Parameters
     ----------
-    chunks : sequence of (sequence of bytes) or None
-        The encoded chunks of one shard by position, each as the parts
-        written one after another (:func:`encode_chunk`); None where absent.
+    parts : sequence of bytes-like
+        Written one after another, they are the chunk.
+    buffer : numpy.ndarray, optional
+        A page-aligned uint8 buffer that holds the chunk from its start, its
+        length a whole number of pages (:class:`FrameEncoder`): the chunk can
+        be written from it in place.
+    """
+
+    __slots__ = ("parts", "nbytes", "buffer")
+
+    def __init__(self, parts: Sequence[bytes], buffer: np.ndarray | None = None):
+        self.parts = tuple(parts)
+        self.nbytes = sum(len(part) for part in self.parts)
+        self.buffer = buffer
+
+    def padded(self) -> memoryview:
+        """The chunk from its buffer, zero-padded to a whole number of pages."""
+        end = _round_up(self.nbytes)
+        self.buffer[self.nbytes:end] = 0  # a reused buffer holds the last frame's bytes there
+        return memoryview(self.buffer[:end])
+
+
+@functools.cache
+def _blosc_compress_ctx():
+    """c-blosc 1.x's ``blosc_compress_ctx`` from the library numcodecs links, or None.
+
+    numcodecs' ``Blosc.encode`` calls this function too (from any thread but
+    the main one), but into a new bytes object that it then slices: a copy
+    and fresh memory for every frame. None where the symbol is not exported
+    or the library is not c-blosc 1 (the encoder then uses numcodecs itself).
+    """
+    try:
+        from numcodecs import blosc
+
+        lib = ctypes.CDLL(blosc.__file__)
+        version = lib.blosc_get_version_string
+        version.restype = ctypes.c_char_p
+        if not version().startswith(b"1."):
+            return None
+        compress = lib.blosc_compress_ctx
+    except (OSError, AttributeError, ImportError):
+        return None
+    compress.argtypes = [
+        ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
+    ]  # fmt: skip
+    compress.restype = ctypes.c_int
+    return compress
+
+
+@functools.cache
+def _crc32c_value():
+    """The crc32c library's ``crc32c_value`` (the one google_crc32c wraps), or None.
+
+    google_crc32c takes only ``bytes``, so a frame compressed into a buffer of
+    ours would need a copy first. None where its C extension is not installed
+    (google_crc32c's pure-Python fallback).
+    """
+    try:
+        from google_crc32c import _crc32c
+
+        value = ctypes.CDLL(_crc32c.__file__).crc32c_value  # dlsym searches the extension's own libcrc32c
+    except (OSError, AttributeError, ImportError):
+        return None
+    value.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    value.restype = ctypes.c_uint32
+    return value
+
+
+def _checksum_in_place(buffer: np.ndarray, n: int) -> None:
+    """Write the CRC-32C of ``buffer[:n]`` into ``buffer[n:n + 4]`` (as :func:`checksum`)."""
+    value = _crc32c_value()
+    crc = value(buffer.ctypes.data, n) if value is not None else google_crc32c.value(buffer[:n].tobytes())
+    buffer[n:n + CHECKSUM_BYTES] = np.frombuffer(int(crc).to_bytes(CHECKSUM_BYTES, "little"), dtype=np.uint8)
+
+
+class FrameEncoder:
+    """Encode frames as chunks (:class:`Chunk`) into reused page-aligned buffers.
+
+    Each frame is compressed by c-blosc's ``blosc_compress_ctx`` (one thread,
+    what numcodecs does off the main thread, so the bytes are numcodecs') into
+    a buffer taken from a pool, and the chunk's CRC-32C is appended there. A
+    shard writer gives the buffers back with :meth:`release`. The first frame
+    is decoded back by numcodecs and compared; where that fails, or c-blosc
+    cannot be reached, frames go through ``codec.encode`` instead (chunks
+    without a buffer). Thread-safe.
+
+    Parameters
+    ----------
+    codec : numcodecs.Blosc
+        The store's compressor (:func:`frame_codec`).
+    spare : int
+        Buffers kept for reuse; more are dropped when given back.
+    """
+
+    def __init__(self, codec: numcodecs.Blosc, spare: int = 16):
+        self.codec = codec
+        self._compress = _blosc_compress_ctx() if codec.shuffle >= 0 else None
+        self._cname = codec.cname.encode("ascii")
+        self._spare: list[np.ndarray] = []
+        self._max_spare = int(spare)
+        self._lock = threading.Lock()
+        self._checked = False
+
+    @property
+    def in_place(self) -> bool:
+        """Whether frames are compressed into aligned buffers (else numcodecs' own bytes)."""
+        return self._compress is not None
+
+    def encode(self, frame: np.ndarray) -> Chunk:
+        """``frame`` (C-contiguous, little-endian) as a stored chunk."""
+        nbytes = frame.nbytes
+        if self._compress is None or nbytes + BLOSC_MAX_OVERHEAD > 2**31 - 1:
+            return Chunk(encode_chunk(self.codec, frame))
+        buffer = self._take(nbytes + BLOSC_MAX_OVERHEAD + CHECKSUM_BYTES)
+        typesize = frame.itemsize if frame.itemsize <= 255 else 1  # c-blosc's limit, as numcodecs does
+        n = self._compress(
+            self.codec.clevel, self.codec.shuffle, typesize, nbytes, frame.ctypes.data,
+            buffer.ctypes.data, nbytes + BLOSC_MAX_OVERHEAD, self._cname, 0, 1,
+        )  # fmt: skip
+        if n <= 0:
+            self.release(Chunk((), buffer))
+            raise RuntimeError(f"Blosc compression failed (c-blosc returned {n})")
+        data = memoryview(buffer[:n])
+        if not self._checked and not self._round_trips(data, frame):
+            self.release(Chunk((), buffer))
+            return Chunk(encode_chunk(self.codec, frame))
+        _checksum_in_place(buffer, n)
+        return Chunk((memoryview(buffer[:n + CHECKSUM_BYTES]),), buffer)
+
+    def _round_trips(self, data: memoryview, frame: np.ndarray) -> bool:
+        """Whether numcodecs decodes ``data`` to ``frame`` and the in-place CRC-32C is
+        google_crc32c's; if not, numcodecs and google_crc32c encode from now on."""
+        try:
+            ok = np.array_equal(np.frombuffer(self.codec.decode(data), dtype=frame.dtype), frame.reshape(-1))
+        except Exception:  # numcodecs' error for a buffer it cannot read
+            ok = False
+        probe = np.frombuffer(data[:64].tobytes() + bytes(CHECKSUM_BYTES), dtype=np.uint8).copy()
+        _checksum_in_place(probe, len(probe) - CHECKSUM_BYTES)
+        ok = ok and probe[-CHECKSUM_BYTES:].tobytes() == checksum(data[:64].tobytes())
+        with self._lock:
+            if ok:
+                self._checked = True
+            else:
+                self._compress = None
+                warnings.warn("c-blosc through ctypes did not round-trip a frame: compressing with numcodecs")
+        return ok
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            for i, buffer in enumerate(self._spare):
+                if len(buffer) >= nbytes:
+                    return self._spare.pop(i)
+        return _aligned_empty(_round_up(nbytes))
+
+    def release(self, chunk: Chunk | None) -> None:
+        """Give ``chunk``'s buffer back for later frames (its bytes are then gone)."""
+        if chunk is None or chunk.buffer is None:
+            return
+        with self._lock:
+            if len(self._spare) < self._max_spare:
+                self._spare.append(chunk.buffer)
+        chunk.buffer, chunk.parts = None, ()
+
+
+def chunk_offsets(chunks: Sequence[Chunk | None], align: int = 1) -> list[int | None]:
+    """Where each chunk starts in the shard file: one after another, each on a multiple of ``align``."""
+    offsets: list[int | None] = []
+    end = 0
+    for chunk in chunks:
+        if chunk is None:
+            offsets.append(None)
+        else:
+            offsets.append(_round_up(end, align))
+            end = offsets[-1] + chunk.nbytes
+    return offsets
+
+
+def shard_index(chunks: Sequence[Chunk | None], offsets: Sequence[int | None] | None = None) -> bytes:
+    """The index and its CRC-32C for ``chunks`` stored at ``offsets``.
+
+    Parameters
+    ----------
+    chunks : sequence of Chunk or None
+        The encoded chunks of one shard by position; None where absent.
+    offsets : sequence of int or None, optional
+        Where each starts in the file (:func:`chunk_offsets`); default packed,
+        one after another.
 
     Returns
     -------
     bytes
         What follows the chunks at the end of the shard file.
     """
+    if offsets is None:
+        offsets = chunk_offsets(chunks)
     index = np.full((len(chunks), 2), _ABSENT, dtype="<u8")
-    offset = 0
-    for pos, parts in enumerate(chunks):
-        if parts is not None:
-            nbytes = sum(len(part) for part in parts)
-            index[pos] = (offset, nbytes)
-            offset += nbytes
+    for pos, (chunk, offset) in enumerate(zip(chunks, offsets)):
+        if chunk is not None:
+            index[pos] = (offset, chunk.nbytes)
     index_bytes = index.tobytes()
     return index_bytes + checksum(index_bytes)
 
@@ -192,34 +407,46 @@ def absent(index: np.ndarray) -> np.ndarray:
     return (index[:, 0] == _ABSENT) & (index[:, 1] == _ABSENT)
 
 
-def write_shard(path: Path, chunks: Sequence[Sequence[bytes] | None], direct: DirectWriter | None = None) -> int:
+def write_shard(path: Path, chunks: Sequence[Chunk | None], direct: DirectWriter | None = None) -> int:
     """Write one shard file, whole and atomically.
 
     Parameters
     ----------
     path : Path
         The shard's key under the array (``0/c/<shard>/0/0``); parents are made.
-    chunks : sequence of (sequence of bytes) or None
-        The encoded chunks by position, each as its parts
-        (:func:`encode_chunk`); None where absent.
+    chunks : sequence of Chunk or None
+        The encoded chunks by position (:class:`FrameEncoder`); None where absent.
     direct : DirectWriter, optional
         Write through it, bypassing the page cache where the file system
-        allows; None writes through the page cache.
+        allows; None writes through the page cache. Where every chunk sits
+        in its own aligned buffer and is at least :data:`ALIGNED_CHUNK_MIN`
+        long, the chunks go to disk from those buffers, each from a page
+        boundary; else they are packed.
 
     Returns
     -------
     int
-        Bytes of chunk data written (without the index).
+        Bytes of chunk data written (without the index and any padding).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [part for chunk in chunks if chunk is not None for part in chunk]
-    parts.append(shard_index(chunks))
+    present = [chunk for chunk in chunks if chunk is not None]
+    in_place = (
+        direct is not None
+        and direct.enabled
+        and bool(present)
+        and all(chunk.buffer is not None and chunk.nbytes >= ALIGNED_CHUNK_MIN for chunk in present)
+    )
+    if in_place:
+        aligned = [chunk.padded() for chunk in present]
+        packed = [shard_index(chunks, chunk_offsets(chunks, ALIGN))]
+    else:
+        aligned, packed = [], [part for chunk in present for part in chunk.parts] + [shard_index(chunks)]
     with atomic_path(path) as tmp:
-        if direct is None or not direct.write(tmp, parts):
+        if direct is None or not direct.write(tmp, packed, aligned=aligned):
             with open(tmp, "wb") as fh:
-                for part in parts:
+                for part in (*aligned, *packed):
                     fh.write(part)
-    return sum(len(part) for part in parts[:-1])
+    return sum(chunk.nbytes for chunk in present)
 
 
 class DirectWriter:
@@ -239,8 +466,7 @@ class DirectWriter:
         False never writes directly (``acquire.direct_io: false``).
     """
 
-    #: Alignment of buffer, offsets and lengths: a page, a multiple of any common logical block.
-    ALIGN = mmap.PAGESIZE
+    ALIGN = ALIGN
 
     def __init__(self, enabled: bool = True):
         self.enabled = bool(enabled) and hasattr(os, "O_DIRECT")
@@ -272,8 +498,17 @@ class DirectWriter:
         self.files_buffered += 1
         return False
 
-    def write(self, path: Path, parts: Sequence[bytes]) -> bool:
-        """Write ``parts`` one after another as the file ``path``.
+    def write(self, path: Path, parts: Sequence[bytes], aligned: Sequence[memoryview] = ()) -> bool:
+        """Write ``aligned`` then ``parts``, one after another, as the file ``path``.
+
+        Parameters
+        ----------
+        path : Path
+        parts : sequence of bytes-like
+            Copied into the staging buffer and written after ``aligned``.
+        aligned : sequence of memoryview
+            Written from where they lie (no copy): each must start on a
+            page boundary and be a whole number of pages long.
 
         Returns
         -------
@@ -285,13 +520,14 @@ class DirectWriter:
             self.files_buffered += 1
             return False
         total = sum(len(part) for part in parts)
-        padded = -(-total // self.ALIGN) * self.ALIGN
-        with memoryview(self._staging(padded)) as view:
+        padded = _round_up(total)
+        with memoryview(self._staging(max(padded, self.ALIGN))) as staging:
             offset = 0
             for part in parts:
-                view[offset:offset + len(part)] = part
+                staging[offset:offset + len(part)] = part
                 offset += len(part)
-            view[total:padded] = bytes(padded - total)
+            staging[total:padded] = bytes(padded - total)
+            segments = [*aligned, staging[:padded]] if padded else list(aligned)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT | os.O_CLOEXEC, 0o666)
             except OSError as exc:
@@ -299,25 +535,36 @@ class DirectWriter:
                     raise
                 return self._refuse(f"{path.parent}: the file system refuses O_DIRECT ({exc.strerror})")
             try:
-                written = 0
-                while written < padded:
-                    try:
-                        n = os.write(fd, view[written:padded])
-                    except OSError as exc:
-                        if exc.errno != errno.EINVAL or written:
-                            raise
-                        # opened, but the alignment is not the device's: the caller writes this file
-                        return self._refuse(f"{path.parent}: O_DIRECT write refused ({exc.strerror})")
-                    if n <= 0:
-                        raise OSError(errno.EIO, f"{path}: write returned {n}")
-                    written += n
-                    if written % self.ALIGN and written < padded:
-                        # a short write leaves the offset unaligned: the rest through the page cache
-                        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                os.ftruncate(fd, total)
+                if not self._write_segments(fd, path, segments):
+                    return False
+                os.ftruncate(fd, sum(len(segment) for segment in aligned) + total)
             finally:
                 os.close(fd)
         self.files_direct += 1
+        return True
+
+    def _write_segments(self, fd: int, path: Path, segments: list[memoryview]) -> bool:
+        """All of ``segments`` to ``fd`` (``writev``); False if the first write is refused."""
+        written = 0
+        while segments:
+            try:
+                n = os.writev(fd, segments) if len(segments) > 1 else os.write(fd, segments[0])
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or written:
+                    raise
+                # opened, but the alignment is not the device's: the caller writes this file
+                self._refuse(f"{path.parent}: O_DIRECT write refused ({exc.strerror})")
+                return False
+            if n <= 0:
+                raise OSError(errno.EIO, f"{path}: write returned {n}")
+            written += n
+            while segments and n >= len(segments[0]):
+                n -= len(segments.pop(0))
+            if n:
+                segments[0] = segments[0][n:]
+            if written % self.ALIGN and segments:
+                # a short write leaves the offset unaligned: the rest through the page cache
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         return True
 
     def close(self) -> None:

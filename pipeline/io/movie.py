@@ -215,10 +215,10 @@ class MovieWriter:
         self._codec = _shards.frame_codec(
             self.compression["clevel"], self.compression["codec"], self.compression["shuffle"]
         )
-        self._pool = ThreadPoolExecutor(
-            max_workers=compression_threads or os.cpu_count() or 2,
-            thread_name_prefix="trackflow-compress",
-        )
+        threads = compression_threads or os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="trackflow-compress")
+        # buffers for the frames of two shards in flight, and one a thread is compressing
+        self._encoder = _shards.FrameEncoder(self._codec, spare=2 * self.frames_per_shard + threads)
         max_frames = max(2 * self.frames_per_shard, buffer_bytes // max(self._frame_bytes, 1))
         self._slots = threading.Semaphore(max_frames)
         self._queue: queue.Queue = queue.Queue()
@@ -339,11 +339,11 @@ class MovieWriter:
         if self._error is not None:
             raise MovieError(f"{self.path}: writing failed: {self._error}") from self._error
 
-    def _encode(self, arr: np.ndarray) -> tuple[bytes, bytes]:
+    def _encode(self, arr: np.ndarray) -> _shards.Chunk:
         t = time.perf_counter()
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        out = _shards.encode_chunk(self._codec, np.ascontiguousarray(arr))
+        out = self._encoder.encode(np.ascontiguousarray(arr))
         self.seconds_compressing += time.perf_counter() - t
         return out
 
@@ -372,12 +372,16 @@ class MovieWriter:
 
     def _write_shard(self, shard_id: int, entries, timestamps: dict[int, float]) -> None:
         S = self.frames_per_shard
-        chunks: list[tuple[bytes, bytes] | None] = [None] * S
-        for pos, fut in entries:
-            chunks[pos] = fut.result()
-        t = time.perf_counter()
-        key = [str(shard_id)] + ["0"] * len(self.frame_shape)
-        n_bytes = _shards.write_shard(self.path.joinpath(IMAGE_PATH, "c", *key), chunks, direct=self._direct)
+        chunks: list[_shards.Chunk | None] = [None] * S
+        try:
+            for pos, fut in entries:
+                chunks[pos] = fut.result()
+            t = time.perf_counter()
+            key = [str(shard_id)] + ["0"] * len(self.frame_shape)
+            n_bytes = _shards.write_shard(self.path.joinpath(IMAGE_PATH, "c", *key), chunks, direct=self._direct)
+        finally:
+            for chunk in chunks:
+                self._encoder.release(chunk)
         # timestamps: one uncompressed chunk per shard, NaN where absent
         ts = np.full(S, np.nan, dtype="<f8")
         for i, value in timestamps.items():
@@ -470,7 +474,8 @@ def create_movie(
     direct_io : bool
         Write shard files past the page cache (``O_DIRECT``) where the file
         system allows it, through it elsewhere (``acquire.direct_io``); the
-        files are the same either way (:class:`pipeline.io._shards.DirectWriter`).
+        chunks are the same bytes either way, but past the page cache large
+        ones start on page boundaries (:mod:`pipeline.io._shards`).
     """
     path = Path(path)
     compression = compression_settings(clevel=clevel, codec=codec, shuffle=shuffle, dtype=dtype)
