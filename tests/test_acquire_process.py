@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,21 +351,3 @@ def test_acquire_with_keys_records_over_curve(tmp_path):
     from pipeline.simulate import NTASimulator
 
     np.testing.assert_array_equal(movie.frames(), np.stack(list(NTASimulator(shape=(24, 24), n_frames=6, seed=3).frames())))
-
-
-def test_the_writer_process_keeps_freed_frames_for_the_next_ones(tmp_path, monkeypatch):
-    """The writer's process gets glibc's allocator settings that stop every
-    received frame landing in fresh pages; a setting of the caller's wins."""
-    from pipeline.acquire.writer import _WRITER_MALLOC_ENV
-
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "3")
-    writer = WriterProcess("tcp://127.0.0.1:*", tmp_path / "e.ome.zarr", frames_per_shard=4, timeout_s=5)
-    try:
-        environ = dict(
-            item.split("=", 1) for item in Path(f"/proc/{writer.pid}/environ").read_text().split("\0") if "=" in item
-        )
-    finally:
-        writer.terminate()
-    assert environ["MALLOC_ARENA_MAX"] == "3"
-    for key in set(_WRITER_MALLOC_ENV) - {"MALLOC_ARENA_MAX"}:
-        assert environ[key] == _WRITER_MALLOC_ENV[key]

@@ -762,19 +762,6 @@ def record(
 
 _CHILD = "import sys; from pipeline.acquire.writer import _main; sys.exit(_main(sys.argv[1:]))"
 
-#: glibc's allocator in the writer's process, unless the environment sets it: one
-#: arena, frames from the heap, and freed frames kept for the next ones. ZeroMQ
-#: allocates every received frame on its I/O thread and the compression threads
-#: free it; by default that thread's arena unmaps a heap once its frames are
-#: freed, so each frame arrived in fresh pages the kernel had to zero (page
-#: faults 255,000 against 40,000 over 900 frames of 2048 x 2048 uint16;
-#: benchmarks/acquire.py). Other C libraries ignore these variables.
-_WRITER_MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # glibc's largest: frames up to 32 MiB from the heap
-    "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30),  # the heap does not shrink below a few GiB of frames in flight
-}
-
 
 class WriterProcess:
     """:func:`record` running in a child process.
@@ -812,7 +799,6 @@ class WriterProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
-            env={**_WRITER_MALLOC_ENV, **os.environ},
         )
         self._stderr = threading.Thread(target=self._forward_stderr, daemon=True, name="trackflow-writer-stderr")
         self._stderr.start()
