@@ -5,12 +5,15 @@ In one run, on the same frames (a pre-generated pool of simulated NTA frames,
 so that the simulator is not the bottleneck):
 
 1. ``zmq_only``: the raw ZeroMQ loopback throughput of the same messages
-   (publisher -> a process that only receives), the fastest of
-   ``ZMQ_REPEATS`` runs (``zmq_only_fps_runs``: on this 2-core VM one run
-   swings from 250 to 440 fps; the fastest makes the ratio the hardest);
+   (publisher -> a process that only receives);
 2. the full path (``pipeline.acquire.acquire``: publisher -> writer process ->
    MovieWriter -> disk), as fast as it goes: ``fps``, ``mb_per_s``, ``dropped``
-   and where the time goes (receive/handle, compress, write; CPU per process);
+   and where the time goes (receive/handle, compress, write; CPU per process).
+   Both run ``REPEATS`` times, interleaved (``zmq_only_fps_runs``,
+   ``fps_runs``): on this 2-core VM one raw ZeroMQ run swings from 250 to 500
+   fps. ``ratio_to_zmq`` is the fastest full run over the fastest raw run
+   (each path at its best, from as many tries), ``ratio_to_zmq_median`` the
+   medians'; the other figures are the fastest full run's;
 3. a paced run at the target rate (a free-running camera at 100 fps that
    drops frames when its ring buffer overflows): ``paced_fps``, ``paced_dropped``;
    the full path's shards go past the page cache (``write_mode``: direct,
@@ -34,6 +37,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +54,7 @@ from pipeline.io.movie import DEFAULT_COMPRESSION, open_movie
 
 SHAPE = (2048, 2048)
 TARGET_FPS = 100.0
-ZMQ_REPEATS = 3
+REPEATS = 3
 
 # A receiver that only receives: the ZeroMQ ceiling for these messages.
 _SINK = r"""
@@ -202,9 +206,12 @@ def main(argv=None):
     base = Path(os.environ.get("TRACKFLOW_BENCH_DIR", tempfile.gettempdir()))
     tmp = tempfile.mkdtemp(prefix="trackflow-bench-", dir=base)
     try:
-        zmq_runs = [zmq_only(pool, n, args.transport, tmp) for _ in range(ZMQ_REPEATS)]
+        zmq_runs, full_runs = [], []
+        for _ in range(REPEATS):  # interleaved: a slow spell of the machine hits both
+            zmq_runs.append(zmq_only(pool, n, args.transport, tmp))
+            full_runs.append(full_path(pool, n, settings, tmp, args.transport))
         zmq_mb_s, zmq_fps = max(zmq_runs)
-        full = full_path(pool, n, settings, tmp, args.transport)
+        full = max(full_runs, key=lambda run: run["stream"]["mb_per_s"])
         paced = full_path(pool, n, settings, tmp, args.transport, rate_fps=TARGET_FPS)
         buffered = full_path(pool, n, settings, tmp, args.transport, direct_io=False)
         disk = disk_only(pool, n, tmp)
@@ -234,7 +241,11 @@ def main(argv=None):
         "zmq_only_mb_per_s": zmq_mb_s,
         "zmq_only_fps": zmq_fps,
         "zmq_only_fps_runs": [fps for _, fps in zmq_runs],
+        "fps_runs": [run["stream"]["fps"] for run in full_runs],
+        "dropped_runs": [run["dropped"] for run in full_runs],
         "ratio_to_zmq": mb_per_s / zmq_mb_s,
+        "ratio_to_zmq_median": statistics.median(run["stream"]["mb_per_s"] for run in full_runs)
+        / statistics.median(mb for mb, _ in zmq_runs),
         "disk_mb_per_s": disk["disk_mb_per_s"],
         "disk_synced_mb_per_s": disk["disk_synced_mb_per_s"],
         "disk_raw_equivalent_fps": disk["disk_mb_per_s"] / (frame_mb * disk["compression_ratio"]),
@@ -271,7 +282,11 @@ def main(argv=None):
             "wall_including_writer_start_s": full["wall_s"],
         },
         "load_average_1min_at_start": load_at_start,
-        "meets_target": bool(fps >= TARGET_FPS and full["dropped"] == 0 and mb_per_s / zmq_mb_s >= 0.5),
+        "meets_target": bool(
+            min(run["stream"]["fps"] for run in full_runs) >= TARGET_FPS
+            and not any(run["dropped"] for run in full_runs)
+            and mb_per_s / zmq_mb_s >= 0.5
+        ),
         "seconds": time.perf_counter() - t_start,
     }
     print(json.dumps(result))
