@@ -217,7 +217,7 @@ class MovieWriter:
         )
         threads = compression_threads or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="trackflow-compress")
-        # buffers for the frames of two shards in flight, and one a thread is compressing
+        # reusable buffers: the frames of two shards in flight, and one per compression thread
         self._encoder = _shards.FrameEncoder(self._codec, spare=2 * self.frames_per_shard + threads)
         max_frames = max(2 * self.frames_per_shard, buffer_bytes // max(self._frame_bytes, 1))
         self._slots = threading.Semaphore(max_frames)
