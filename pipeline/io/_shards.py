@@ -169,7 +169,7 @@ class Chunk:
         be written from it in place.
     """
 
-    __slots__ = ("parts", "nbytes", "buffer")
+    __slots__ = ("buffer", "nbytes", "parts")
 
     def __init__(self, parts: Sequence[bytes], buffer: np.ndarray | None = None):
         self.parts = tuple(parts)
@@ -275,7 +275,7 @@ class FrameEncoder:
         """Whether numcodecs decodes ``data`` to ``frame``; if not, numcodecs encodes from now on."""
         try:
             ok = np.array_equal(np.frombuffer(self.codec.decode(data), dtype=frame.dtype), frame.reshape(-1))
-        except Exception:  # numcodecs' error for a buffer it cannot read
+        except (RuntimeError, ValueError):  # numcodecs' errors for a buffer it cannot read
             ok = False
         with self._lock:
             if ok:
