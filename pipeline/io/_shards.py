@@ -1,7 +1,7 @@
 """Zarr v3 shards of whole frames, encoded by hand for the movie writer.
 
 A shard file of the ``sharding_indexed`` codec is the encoded chunks one
-after another, then the index (``(offset, nbytes)`` as little-endian uint64
+after another (space between them allowed: see below), then the index (``(offset, nbytes)`` as little-endian uint64
 per chunk, ``2**64 - 1`` twice for an absent chunk) and its CRC-32C. Each
 chunk is the frame's Blosc bytes followed by their own CRC-32C (the chunk
 codecs ``[bytes, blosc, crc32c]``), so zarr verifies every frame it decodes
@@ -43,7 +43,9 @@ are written successively in a shard, where unused space between them is
 allowed"), under 0.1 % of a 2048 x 2048 frame. Shards of smaller chunks (below
 :data:`ALIGNED_CHUNK_MIN`), and every shard written through the page cache,
 are packed: the bytes zarr itself writes. Either way each chunk is the same
-bytes, and the index says where it lies.
+bytes, and the index says where it lies. The chunks' CRC-32Cs are fastcrc's,
+from the buffer (google-crc32c, which zarr reads them with, takes only
+``bytes``).
 """
 
 from __future__ import annotations
