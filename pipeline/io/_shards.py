@@ -457,7 +457,7 @@ class DirectWriter:
         self.files_direct = 0  # files written with O_DIRECT
         self.files_buffered = 0  # files written through the page cache, after a refusal
         self.refused: str | None = None  # why O_DIRECT was given up
-        self._buffer: mmap.mmap | None = None
+        self._buffer: np.ndarray | None = None
 
     @property
     def mode(self) -> str:
@@ -466,15 +466,13 @@ class DirectWriter:
             return "direct"
         return "mixed" if self.files_direct else "buffered"
 
-    def _staging(self, nbytes: int) -> mmap.mmap:
+    def _staging(self, nbytes: int) -> np.ndarray:
         """The buffer, at least ``nbytes`` long (a multiple of :attr:`ALIGN`)."""
         if self._buffer is None or len(self._buffer) < nbytes:
-            # grown by a quarter at least, so that slowly growing shards do not remap each time
+            # grown by a quarter at least, so that slowly growing shards do not reallocate each time;
+            # reused otherwise: its pages stay in place from shard to shard
             size = max(nbytes, len(self._buffer) * 5 // 4 if self._buffer is not None else 0)
-            if self._buffer is not None:
-                self._buffer.close()
-            # an anonymous map is page-aligned, and reused: its pages stay in place from shard to shard
-            self._buffer = mmap.mmap(-1, -(-size // self.ALIGN) * self.ALIGN)
+            self._buffer = _aligned_empty(_round_up(size))
         return self._buffer
 
     def _refuse(self, why: str) -> bool:
@@ -552,6 +550,4 @@ class DirectWriter:
         return True
 
     def close(self) -> None:
-        if self._buffer is not None:
-            self._buffer.close()
-            self._buffer = None
+        self._buffer = None
