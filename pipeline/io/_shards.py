@@ -123,8 +123,8 @@ if fastcrc.crc32.iscsi(b"123456789") != 0xE3069283:
     raise ImportError("fastcrc.crc32.iscsi does not compute CRC-32C: the movie writer cannot checksum frames")
 
 
-def checksum(data: bytes) -> bytes:
-    """The CRC-32C of ``data`` as zarr's ``crc32c`` codec appends it (4 bytes, little-endian)."""
+def checksum(data: bytes | memoryview) -> bytes:
+    """The CRC-32C of ``data`` (any buffer) as zarr's ``crc32c`` codec appends it (4 bytes, little-endian)."""
     return fastcrc.crc32.iscsi(data).to_bytes(CHECKSUM_BYTES, "little")
 
 
@@ -213,12 +213,6 @@ def _blosc_compress_ctx():
     return compress
 
 
-def _checksum_in_place(buffer: np.ndarray, n: int) -> None:
-    """Write the CRC-32C of ``buffer[:n]`` into ``buffer[n:n + 4]`` (as :func:`checksum`)."""
-    crc = fastcrc.crc32.iscsi(memoryview(buffer[:n]))
-    buffer[n:n + CHECKSUM_BYTES] = np.frombuffer(crc.to_bytes(CHECKSUM_BYTES, "little"), dtype=np.uint8)
-
-
 class FrameEncoder:
     """Encode frames as chunks (:class:`Chunk`) into reused page-aligned buffers.
 
@@ -255,11 +249,12 @@ class FrameEncoder:
     def encode(self, frame: np.ndarray) -> Chunk:
         """``frame`` (C-contiguous, little-endian) as a stored chunk."""
         nbytes = frame.nbytes
-        if self._compress is None or nbytes + BLOSC_MAX_OVERHEAD > 2**31 - 1:
+        compress = self._compress  # once: a failed round trip in another thread may clear it
+        if compress is None or nbytes + BLOSC_MAX_OVERHEAD > 2**31 - 1:
             return Chunk(encode_chunk(self.codec, frame))
         buffer = self._take(nbytes + BLOSC_MAX_OVERHEAD + CHECKSUM_BYTES)
         typesize = frame.itemsize if frame.itemsize <= 255 else 1  # c-blosc's limit, as numcodecs does
-        n = self._compress(
+        n = compress(
             self.codec.clevel, self.codec.shuffle, typesize, nbytes, frame.ctypes.data,
             buffer.ctypes.data, nbytes + BLOSC_MAX_OVERHEAD, self._cname, 0, 1,
         )  # fmt: skip
@@ -270,7 +265,7 @@ class FrameEncoder:
         if not self._checked and not self._round_trips(data, frame):
             self.release(Chunk((), buffer))
             return Chunk(encode_chunk(self.codec, frame))
-        _checksum_in_place(buffer, n)
+        buffer[n:n + CHECKSUM_BYTES] = np.frombuffer(checksum(data), dtype=np.uint8)
         return Chunk((memoryview(buffer[:n + CHECKSUM_BYTES]),), buffer)
 
     def _round_trips(self, data: memoryview, frame: np.ndarray) -> bool:
@@ -434,11 +429,13 @@ def write_shard(path: Path, chunks: Sequence[Chunk | None], direct: DirectWriter
 
 
 class DirectWriter:
-    """Write whole files with ``O_DIRECT`` from one reused, page-aligned buffer.
+    """Write whole files with ``O_DIRECT`` from page-aligned buffers.
 
     ``O_DIRECT`` needs the buffer, the file offset and the length aligned to
-    the device's logical block: the parts are copied into the buffer, the
-    last block padded with zeros, and the file truncated to its length after.
+    the device's logical block: aligned buffers (the encoder's) are written
+    where they lie, the other parts are copied into one reused staging
+    buffer, the last block padded with zeros, and the file truncated to its
+    length after.
     Where the file system refuses it (tmpfs before Linux 6.6, some network
     file systems, a platform without ``O_DIRECT``) :meth:`write` returns
     False, and every later call too: the caller writes through the page
